@@ -1,0 +1,1 @@
+"""PikaPikaGen-JAX: text to Pokémon sprite generation in JAX/Flax NNX."""

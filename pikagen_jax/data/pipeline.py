@@ -1,0 +1,208 @@
+"""Grain input pipeline over the `pokemon_sprites` ArrayRecord shards.
+
+Training batches are dicts of numpy arrays: `image` float32 [B, S, S, 3] in [-1, 1], `token_ids` and
+`attention_mask` int32 [B, T], `national_number` int32 [B]. Each host reads its own shard of the records
+(`jax.process_index()`), and the iterator state can be saved and restored with checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import grain
+import ml_collections
+import numpy as np
+
+from pikagen_jax.data import augment
+from pikagen_jax.data.tokenizers import Tokenizer, make_tokenizer
+
+DATASET_NAME = "pokemon_sprites"
+VERSION = "1.0.0"
+
+
+def dataset_dir(data_dir: str | Path, dataset: str) -> Path:
+    """The folder of a built dataset config: <data_dir>/pokemon_sprites/<dataset>/1.0.0."""
+    path = Path(data_dir).expanduser() / DATASET_NAME / dataset / VERSION
+    if not (path / "dataset_info.json").is_file():
+        raise FileNotFoundError(
+            f"no built dataset at {path}: build it first, e.g. "
+            f"`python -m data_prep.build --source={dataset.split('-')[0]} --data_dir={data_dir}` "
+            "(see README, 'Build a dataset')")
+    return path
+
+
+def open_split(data_dir: str | Path, dataset: str, split: str):
+    """A random-access source of raw records (images left as PNG bytes) for one split."""
+    import tensorflow_datasets as tfds  # imported lazily: heavy
+
+    builder = tfds.builder_from_directory(str(dataset_dir(data_dir, dataset)))
+    if split not in builder.info.splits:
+        raise ValueError(f"split {split!r} is not in dataset {dataset!r} (it has {list(builder.info.splits)}); "
+                         "empty splits are not written: see the build summary")
+    return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+
+
+def dataset_metadata(data_dir: str | Path, dataset: str) -> dict[str, Any]:
+    """The build metadata: split membership (species per split), source, skipped rows, warnings."""
+    import json
+
+    return json.loads((dataset_dir(data_dir, dataset) / "metadata.json").read_text())
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@dataclasses.dataclass
+class CaptionPolicy:
+    """Probabilities of training on the original text, another flavor text (paraphrase) or the
+    enriched original (seed 000: text + classification + types)."""
+
+    original: float = 0.8
+    paraphrase: float = 0.2
+    enriched: float = 0.0
+
+    def __post_init__(self):
+        probs = (self.original, self.paraphrase, self.enriched)
+        if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
+            raise ValueError(f"caption probabilities (original, paraphrase, enriched) must be >= 0 and sum "
+                             f"to 1, got {probs}")
+
+    def choose(self, record: dict, rng: np.random.Generator) -> str:
+        descriptions = [_text(d) for d in record["descriptions"]]
+        kind = rng.choice(3, p=[self.original, self.paraphrase, self.enriched])
+        if kind == 1 and len(descriptions) > 1:
+            return descriptions[1 + int(rng.integers(len(descriptions) - 1))]
+        if kind == 2:
+            return _text(record["enriched_descriptions"][0])
+        return descriptions[0]
+
+
+class TrainTransform(grain.transforms.RandomMap):
+    """Decode, augment, resize, sample a caption and tokenize one record (training)."""
+
+    def __init__(self, image_size: int, tokenizer: Tokenizer, captions: CaptionPolicy,
+                 aug: ml_collections.ConfigDict):
+        self.image_size, self.tokenizer, self.captions, self.aug = image_size, tokenizer, captions, aug
+
+    def random_map(self, record: dict, rng: np.random.Generator) -> dict:
+        image = augment.decode_png(record["image"])
+        if self.aug.rotations > 1:
+            image = augment.fixed_rotation(image, self.aug.rotations, rng)
+        if self.aug.hflip:
+            image = augment.horizontal_flip(image, rng)
+        if self.aug.affine:
+            image = augment.mild_affine(image, rng, self.aug.affine_degrees, self.aug.affine_translate,
+                                        tuple(self.aug.affine_scale))
+        pixels = augment.resize_to_float(image, self.image_size)
+        if self.aug.color_jitter:
+            pixels = augment.color_jitter_on_white(pixels, rng, self.aug.brightness, self.aug.contrast,
+                                                   self.aug.saturation)
+        ids, mask = self.tokenizer([self.captions.choose(record, rng)])
+        return {"image": pixels, "token_ids": ids[0], "attention_mask": mask[0],
+                "national_number": np.int32(record["national_number"])}
+
+
+class EvalTransform(grain.transforms.Map):
+    """Decode and resize one record and tokenize its original (or enriched) first caption."""
+
+    def __init__(self, image_size: int, tokenizer: Tokenizer, enriched: bool = False):
+        self.image_size, self.tokenizer, self.enriched = image_size, tokenizer, enriched
+
+    def map(self, record: dict) -> dict:
+        key = "enriched_descriptions" if self.enriched else "descriptions"
+        caption = _text(record[key][0])
+        ids, mask = self.tokenizer([caption])
+        return {"image": augment.resize_to_float(augment.decode_png(record["image"]), self.image_size),
+                "token_ids": ids[0], "attention_mask": mask[0],
+                "national_number": np.int32(record["national_number"]), "caption": caption}
+
+
+def tokenizer_from_config(config: ml_collections.ConfigDict) -> Tokenizer:
+    """The tokenizer named by config.text (kind, optional local path, max length)."""
+    return make_tokenizer(config.text.tokenizer, config.text.tokenizer_path or None, config.text.max_length)
+
+
+def _host_batch_size(global_batch: int) -> int:
+    import jax
+
+    if global_batch % jax.process_count():
+        raise ValueError(f"batch size {global_batch} is not divisible by the {jax.process_count()} hosts")
+    return global_batch // jax.process_count()
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain worker processes read absl flags; outside `absl.app.run` (notebooks, tests) mark the
+    defaults as parsed so workers start instead of failing with UnparsedFlagAccessError."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def make_train_loader(config: ml_collections.ConfigDict, *, seed: int | None = None) -> grain.DataLoader:
+    """Infinite, shuffled, augmented training loader (per-host batch = global batch / hosts).
+
+    `iter(loader)` gives a DataLoaderIterator whose `get_state()` / `set_state()` resume it exactly.
+    """
+    data = config.data
+    if data.worker_count > 0:
+        _ensure_absl_flags_parsed()
+    source = open_split(data.data_dir, data.dataset, data.train_split)
+    transform = TrainTransform(data.image_size, tokenizer_from_config(config),
+                               CaptionPolicy(**data.captions.to_dict()), data.augment)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+        shuffle=True, num_epochs=None, seed=int(config.seed if seed is None else seed))
+    return grain.DataLoader(
+        data_source=source, sampler=sampler,
+        operations=[transform, grain.transforms.Batch(_host_batch_size(config.train.batch_size),
+                                                      drop_remainder=True)],
+        worker_count=int(data.worker_count),
+    )
+
+
+def make_eval_loader(config: ml_collections.ConfigDict, split: str, batch_size: int | None = None,
+                     enriched: bool = False) -> grain.DataLoader:
+    """One ordered pass over a split without augmentation; batches also carry `caption` strings.
+    The last batch may be smaller."""
+    data = config.data
+    source = open_split(data.data_dir, data.dataset, split)
+    sampler = grain.samplers.IndexSampler(
+        num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=False),
+        shuffle=False, num_epochs=1, seed=0)
+    return grain.DataLoader(
+        data_source=source, sampler=sampler,
+        operations=[EvalTransform(data.image_size, tokenizer_from_config(config), enriched),
+                    grain.transforms.Batch(batch_size or config.train.batch_size, drop_remainder=False)],
+        worker_count=0,
+    )
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """Number of full global batches in one pass over the training split."""
+    n = len(open_split(config.data.data_dir, config.data.dataset, config.data.train_split))
+    return max(1, n // config.train.batch_size)
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """The default `config.data` / `config.text` blocks shared by every system's config."""
+    cfg = ml_collections.ConfigDict({
+        "data": {
+            "data_dir": "data/tfds",
+            "dataset": "kaggle",
+            "train_split": "train",
+            "image_size": 128,
+            "worker_count": 2,
+            "captions": {"original": 0.8, "paraphrase": 0.2, "enriched": 0.0},
+            "augment": {
+                "rotations": 0, "hflip": False,
+                "affine": False, "affine_degrees": 8.0, "affine_translate": 0.05, "affine_scale": (0.9, 1.1),
+                "color_jitter": False, "brightness": 0.15, "contrast": 0.15, "saturation": 0.15,
+            },
+        },
+        "text": {"tokenizer": "wordpiece", "tokenizer_path": "", "max_length": 64},
+    })
+    return cfg

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv if needed, installs the project with its test extras (pinned), runs the default test suite.
+# Slow tests are excluded here; run them with: .venv/bin/python -m pytest -m slow
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[pretrained,test]"
+.venv/bin/python -m pytest -m "not slow" -n 2 "$@"

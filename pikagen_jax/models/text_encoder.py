@@ -1,0 +1,171 @@
+"""Text encoder of the text-to-sprite models (seed 002 §3.1): a pretrained BERT or CLIP text backbone
+whose token states and sentence embedding are projected to a shared width, with the seed's partial
+fine-tuning exposed as NNX filters.
+
+    encoder = TextEncoder("bert", "minilm", out_dim=256, rngs=nnx.Rngs(0))
+    tokens, sentence = encoder(input_ids, attention_mask)         # [B, T, 256], [B, 256]
+    optimizer = nnx.Optimizer(encoder, optax.adam(2e-5), wrt=encoder.trainable_filter())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pikagen_jax.models import hf_weights
+from pikagen_jax.models.bert import BertConfig, BertModel, dense
+from pikagen_jax.models.clip_text import CLIPTextConfig, CLIPTextModel
+
+log = logging.getLogger(__name__)
+Array = jax.Array
+
+BACKBONES = ("bert", "clip")
+FINETUNE_MODES = ("none", "partial", "full")
+SENTENCE_POOLINGS = ("pooler", "mean")
+# Preset names per backbone; anything else is a checkpoint directory or hub name.
+PRESETS = {"bert": ("minilm", "bert_mini", "tiny"), "clip": ("vit_b32", "tiny")}
+# Attribute names of the layers TextEncoder adds on top of the backbone (always trained).
+HEAD_NAMES = ("token_proj", "sentence_proj")
+_WORD_EMBEDDINGS = ("word_embeddings", "token_embedding")
+_SENTENCE_HEADS = ("pooler", "text_projection")
+
+
+def build_backbone(kind: str, checkpoint: str, *, dtype: Any = jnp.float32,
+                   rngs: nnx.Rngs) -> BertModel | CLIPTextModel:
+    """A BERT or CLIP text backbone from a preset name or a Hugging Face checkpoint (dir or hub name).
+
+    Presets: bert 'minilm' (pretrained, offline package), 'bert_mini' and 'tiny' (random init);
+    clip 'vit_b32' and 'tiny' (random init, with text_projection).
+    """
+    if kind not in BACKBONES:
+        raise ValueError(f"unknown text backbone {kind!r}; use one of {BACKBONES}")
+    if not checkpoint:
+        raise ValueError(f"no checkpoint for the {kind} backbone: give a preset {PRESETS[kind]} or a "
+                         "Hugging Face checkpoint directory")
+    if kind == "bert":
+        if checkpoint == "minilm":
+            return BertModel.from_pretrained(hf_weights.default_minilm_dir(), dtype=dtype, rngs=rngs)
+        if checkpoint in ("bert_mini", "tiny"):
+            _warn_random(kind, checkpoint)
+            config = BertConfig.bert_mini() if checkpoint == "bert_mini" else BertConfig.tiny()
+            return BertModel(config, dtype=dtype, rngs=rngs)
+        return BertModel.from_pretrained(checkpoint, dtype=dtype, rngs=rngs)
+    if checkpoint in ("vit_b32", "tiny"):
+        _warn_random(kind, checkpoint)
+        config = CLIPTextConfig.vit_b32() if checkpoint == "vit_b32" else CLIPTextConfig.tiny()
+        return CLIPTextModel(config, with_projection=True, dtype=dtype, rngs=rngs)
+    return CLIPTextModel.from_pretrained(checkpoint, dtype=dtype, rngs=rngs)
+
+
+def _warn_random(kind: str, preset: str) -> None:
+    if preset != "tiny":
+        log.warning("text backbone %s/%s has no offline weights: randomly initialised (pass a checkpoint "
+                    "directory to use pretrained weights)", kind, preset)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainableBackbonePart:
+    """NNX filter predicate: parameters of a TextEncoder trained under a fine-tuning mode."""
+
+    mode: str
+    num_layers: int
+
+    def __call__(self, path: tuple[Any, ...], value: Any) -> bool:
+        if any(name in path for name in HEAD_NAMES):
+            return True
+        relative = path[path.index("backbone") + 1:] if "backbone" in path else path
+        if self.mode == "full":
+            return True
+        if self.mode == "none":
+            return False
+        last_layer = ("layers", self.num_layers - 1)
+        return (any(name in relative for name in _WORD_EMBEDDINGS + _SENTENCE_HEADS)
+                or any("norm" in str(part) for part in relative)
+                or any(tuple(relative[i:i + 2]) == last_layer for i in range(len(relative) - 1)))
+
+
+def trainable_filter(mode: str, num_layers: int) -> nnx.filterlib.Filter:
+    """NNX filter of the parameters trained under fine-tuning `mode` (seed 002 §3.1.3).
+
+    'none': only the new projection heads; 'full': everything; 'partial': the heads plus the backbone's
+    word/token embeddings, last transformer layer (index num_layers - 1), all LayerNorms and the
+    pretrained sentence head (BERT pooler / CLIP text_projection). Position and token-type embeddings
+    and the other layers stay frozen. Apply it to a TextEncoder (or a bare backbone), e.g.
+    `nnx.Optimizer(encoder, tx, wrt=trainable_filter('partial', 4))`.
+    """
+    if mode not in FINETUNE_MODES:
+        raise ValueError(f"unknown fine-tuning mode {mode!r}; use one of {FINETUNE_MODES}")
+    return nnx.All(nnx.Param, _TrainableBackbonePart(mode, int(num_layers)))
+
+
+def masked_mean(hidden: Array, attention_mask: Array) -> Array:
+    """Mean of hidden [B, T, D] over the positions where attention_mask [B, T] is 1."""
+    weights = attention_mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(hidden.astype(jnp.float32) * weights, axis=1)
+    return (total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)).astype(hidden.dtype)
+
+
+class TextEncoder(nnx.Module):
+    """Token embeddings [B, T, out_dim] and a sentence embedding [B, out_dim] from a text backbone.
+
+    Args:
+      backbone: 'bert' or 'clip'.
+      checkpoint: a preset ('minilm', 'bert_mini', 'tiny' / 'vit_b32', 'tiny') or a Hugging Face
+        checkpoint directory (hub names are tried only when online).
+      out_dim: width of both outputs.
+      sentence_pooling: 'pooler' (BERT pooler on [CLS] / CLIP EOS state, through text_projection when the
+        checkpoint has one) or 'mean' (masked mean of the token states).
+      finetune: 'none' | 'partial' | 'full'; the default mode of `trainable_filter()`.
+      project: add Linear heads to out_dim; None = only where the backbone width differs from out_dim
+        (BERT-mini's 256 needs none, as in seed 002).
+      dtype: compute dtype (e.g. 'bfloat16'); parameters stay float32.
+    """
+
+    def __init__(self, backbone: str = "bert", checkpoint: str = "minilm", *, out_dim: int = 256,
+                 sentence_pooling: str = "pooler", finetune: str = "partial", project: bool | None = None,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
+        if sentence_pooling not in SENTENCE_POOLINGS:
+            raise ValueError(f"unknown sentence_pooling {sentence_pooling!r}; use one of {SENTENCE_POOLINGS}")
+        if finetune not in FINETUNE_MODES:
+            raise ValueError(f"unknown finetune mode {finetune!r}; use one of {FINETUNE_MODES}")
+        dtype = jnp.dtype(dtype)
+        self.backbone_kind = backbone
+        self.sentence_pooling = sentence_pooling
+        self.finetune = finetune
+        self.out_dim = int(out_dim)
+        self.backbone = build_backbone(backbone, checkpoint, dtype=dtype, rngs=rngs)
+        hidden = self.backbone.hidden_size
+        pooled = self.backbone.pooled_size if sentence_pooling == "pooler" else hidden
+        self.token_proj = self._head("token", hidden, project, dtype, rngs)
+        self.sentence_proj = self._head("sentence", pooled, project, dtype, rngs)
+
+    def _head(self, what: str, width: int, project: bool | None, dtype, rngs: nnx.Rngs) -> nnx.Linear | None:
+        if project is None:
+            project = width != self.out_dim
+        if not project and width != self.out_dim:
+            raise ValueError(f"the {what} output is {width} wide but out_dim is {self.out_dim}: set project=True "
+                             "(or None) to add a projection")
+        return dense(width, self.out_dim, dtype=dtype, rngs=rngs) if project else None
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
+    def trainable_filter(self, mode: str | None = None) -> nnx.filterlib.Filter:
+        """The NNX filter of parameters trained under `mode` (default: this encoder's `finetune`)."""
+        return trainable_filter(mode or self.finetune, self.num_layers)
+
+    def __call__(self, input_ids: Array, attention_mask: Array, *, deterministic: bool = True
+                 ) -> tuple[Array, Array]:
+        """int [B, T] ids and mask (1 = real token) -> (tokens [B, T, out_dim], sentence [B, out_dim])."""
+        hidden, pooled = self.backbone(input_ids, attention_mask, deterministic=deterministic)
+        sentence = pooled if self.sentence_pooling == "pooler" else masked_mean(hidden, attention_mask)
+        tokens = self.token_proj(hidden) if self.token_proj is not None else hidden
+        if self.sentence_proj is not None:
+            sentence = self.sentence_proj(sentence)
+        return tokens, sentence

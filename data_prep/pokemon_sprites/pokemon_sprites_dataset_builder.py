@@ -112,9 +112,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         cfg: PokemonSpritesConfig = self.builder_config
         start = time.perf_counter()
-        source_dir = None
-        if cfg.layout != "pypi_default" or dl_manager._manual_dir:  # noqa: SLF001 (no public getter)
-            source_dir = Path(dl_manager.manual_dir)
+        # TFDS always sets a manual dir (<data_dir>/downloads/manual by default); only the pypi_default
+        # layout may go without one, so an absent or empty folder means "no folder" there.
+        manual = Path(dl_manager._manual_dir) if dl_manager._manual_dir else None  # noqa: SLF001 (no getter)
+        has_manual = manual is not None and manual.is_dir() and any(manual.iterdir())
+        source_dir = manual if (cfg.layout != "pypi_default" or has_manual) else None
         result = read_source(cfg.layout, source_dir, cfg.sprite_folder)
         records, skipped = [], list(result.skipped)
         for record in result.records:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ml_collections
 
 from pikagen_jax.data.pipeline import data_config
+from pikagen_jax.training.checkpointing import default_checkpoint_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -32,8 +33,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict({
         "z_dim": 100,
-        "gen_channels": 64,  # base width; stage widths scale from it
-        "disc_channels": 64,
+        "gen_channels": 32,  # width at the output resolution; doubles per stage towards 4×4 (seed 002, Table 3.3)
+        "disc_channels": 32,
+        "max_channels": 256,
         "upsample": "bilinear",  # "bilinear" (+conv) or "transposed"
         "downsample": "strided",  # "strided" conv or "avgpool"
         "attn_heads": 4,
@@ -48,13 +50,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "num_steps": 100_000,
         "mixed_precision": "float32",  # or "bfloat16" (compute in bf16, params f32, MA-GP in f32)
         "ema_decay": 0.999,
-        "nan_policy": "stop",  # "stop": raise with a message; "skip": drop the update and count it
+        "nonfinite_policy": "stop",  # non-finite loss: "stop" with a message, or "skip" the update
         "log_every": 50,
         "sample_every": 1000,
-        "checkpoint_every": 1000,
-        "max_to_keep": 3,
         "num_sample_prompts": 8,
     })
+    config.checkpoint = default_checkpoint_config()
     config.eval = ml_collections.ConfigDict({
         "every_steps": 0,  # 0 = no in-training evaluation; >0 computes `metric` on the val split
         "metric": "fid",  # "fid" or "kid"; the best checkpoint is kept by it
@@ -69,14 +70,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.text.checkpoint = "tiny"
         config.text.max_length = 16
         config.text.out_dim = 32
-        config.model.update({"z_dim": 16, "gen_channels": 32, "disc_channels": 32,
+        config.model.update({"z_dim": 16, "gen_channels": 32, "disc_channels": 32, "max_channels": 64,
                              "attn_heads": 2, "attn_head_dim": 16})
         config.train.update({"batch_size": 4, "num_steps": 4, "log_every": 2, "sample_every": 4,
-                             "checkpoint_every": 2, "max_to_keep": 2, "num_sample_prompts": 4})
+                             "num_sample_prompts": 4})
+        config.checkpoint.update({"every_steps": 2, "max_to_keep": 2})
     elif preset == "cpu":
         config.data.image_size = 64
-        config.train.update({"batch_size": 32, "num_steps": 3000, "log_every": 25, "sample_every": 250,
-                             "checkpoint_every": 250})
+        config.train.update({"batch_size": 32, "num_steps": 3000, "log_every": 25, "sample_every": 250})
+        config.checkpoint.every_steps = 250
     elif preset:
         raise ValueError(f"unknown preset {preset!r} for configs/gan.py; use '', 'smoke' or 'cpu'")
     config.lock()

@@ -52,12 +52,17 @@ def build_backbone(kind: str, checkpoint: str, *, dtype: Any = jnp.float32,
             return BertModel.from_pretrained(hf_weights.default_minilm_dir(), dtype=dtype, rngs=rngs)
         if checkpoint in ("bert_mini", "tiny"):
             _warn_random(kind, checkpoint)
-            config = BertConfig.bert_mini() if checkpoint == "bert_mini" else BertConfig.tiny()
+            # Random presets take the vocabulary of the offline WordPiece tokenizer (bert-base-uncased).
+            config = (BertConfig.bert_mini() if checkpoint == "bert_mini"
+                      else dataclasses.replace(BertConfig.tiny(), vocab_size=30522, max_position_embeddings=512))
             return BertModel(config, dtype=dtype, rngs=rngs)
         return BertModel.from_pretrained(checkpoint, dtype=dtype, rngs=rngs)
     if checkpoint in ("vit_b32", "tiny"):
         _warn_random(kind, checkpoint)
-        config = CLIPTextConfig.vit_b32() if checkpoint == "vit_b32" else CLIPTextConfig.tiny()
+        # Random presets take the vocabulary and special tokens of the CLIP BPE tokenizer.
+        config = (CLIPTextConfig.vit_b32() if checkpoint == "vit_b32"
+                  else dataclasses.replace(CLIPTextConfig.tiny(), vocab_size=49408, max_position_embeddings=77,
+                                           pad_token_id=0, bos_token_id=49406, eos_token_id=49407))
         return CLIPTextModel(config, with_projection=True, dtype=dtype, rngs=rngs)
     return CLIPTextModel.from_pretrained(checkpoint, dtype=dtype, rngs=rngs)
 

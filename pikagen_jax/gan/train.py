@@ -1,0 +1,50 @@
+"""`train_and_evaluate` for the conditional GAN (configs/gan.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from pikagen_jax.data.pipeline import make_eval_loader
+from pikagen_jax.gan.sampling import make_sampler, noise
+from pikagen_jax.gan.state import GanState, count_params
+from pikagen_jax.gan.steps import make_train_step
+from pikagen_jax.training.logging import write_image_grid
+from pikagen_jax.training.loop import TrainResult, run_training
+from pikagen_jax.training.mesh import make_mesh
+
+
+def fixed_prompts(config: ml_collections.ConfigDict, count: int, split: str = "val") -> dict[str, np.ndarray]:
+    """The first `count` captions of `split` (ids, mask, caption, image): the sample-grid prompts."""
+    batch = next(iter(make_eval_loader(config, split, batch_size=count)))
+    return {k: np.asarray(v) for k, v in batch.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
+    """Trains the GAN for `config.train.num_steps`, resuming from `workdir` if it holds checkpoints."""
+    workdir = Path(workdir)
+    mesh = make_mesh()
+    state = GanState(config, rngs=nnx.Rngs(config.seed))
+    logging.info("parameters: G %d, D %d, text encoder %d (trainable %d)", count_params(state.generator),
+                 count_params(state.discriminator), count_params(state.text_encoder),
+                 count_params(state.text_encoder, state.text_filter))
+    prompts = fixed_prompts(config, config.train.num_sample_prompts)
+    z = noise(config.seed, len(prompts["caption"]), config.model.z_dim)
+    sample = make_sampler(state.text_encoder, state.ema_generator)
+    (workdir / "samples").mkdir(parents=True, exist_ok=True)
+    captions_file = workdir / "samples" / "prompts.txt"
+    captions_file.write_text("\n".join(str(c) for c in prompts["caption"]) + "\n", encoding="utf-8")
+
+    def sample_fn(step: int, writer) -> None:
+        images = np.asarray(jax.device_get(sample(prompts["token_ids"], prompts["attention_mask"], z)))
+        grid = np.concatenate([prompts["image"], images])  # top row: real; bottom row: EMA samples
+        write_image_grid(writer, step, "samples/ema", grid, ncols=len(images),
+                         png_path=workdir / "samples" / f"step_{step:07d}.png")
+
+    return run_training(config, workdir, mesh=mesh, nodes=state.checkpoint_items(),
+                        train_step=make_train_step(state, config, mesh), sample_fn=sample_fn)

@@ -1,0 +1,120 @@
+"""The training loop every system shares: data, resume, step, log, sample, evaluate, checkpoint.
+
+A system supplies its checkpointed nodes and three callables; the loop owns everything else::
+
+    run_training(config, workdir, nodes={"generator": G, ...}, train_step=step_fn,
+                 sample_fn=write_samples, eval_fn=evaluate)
+
+`train_step(batch, step) -> metrics` receives a batch already sharded over the mesh and returns device
+metrics (fetched to the host only at log steps). It must update `nodes` (in place, NNX style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import ml_collections
+from absl import logging
+
+from pikagen_jax.data.pipeline import make_train_loader
+from pikagen_jax.training import checkpointing, guards
+from pikagen_jax.training import logging as train_logging
+from pikagen_jax.training.mesh import Mesh, replicate_nodes, shard_batch
+
+Metrics = Mapping[str, Any]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run reports back."""
+
+    final_step: int
+    start_step: int
+    last_metrics: dict[str, float]
+    seconds: float
+    steps_per_second: float
+
+
+def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh: Mesh,
+                 nodes: Mapping[str, Any], train_step: Callable[[dict, int], Metrics],
+                 sample_fn: Callable[[int, Any], None] | None = None,
+                 eval_fn: Callable[[int], dict[str, float]] | None = None) -> TrainResult:
+    """Runs `config.train.num_steps` steps, resuming from the latest checkpoint in `workdir`.
+
+    Samples every `train.sample_every` steps (`sample_fn(step, writer)`), evaluates every
+    `eval.every_steps` (`eval_fn(step)`; the best checkpoint is kept by `checkpoint.best_metric`),
+    checkpoints every `checkpoint.every_steps` and at the end. Non-finite metrics stop the run or are
+    counted as skipped updates, by `train.nonfinite_policy`.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    writer = train_logging.create_writer(workdir)
+    train_logging.write_hparams(writer, config)
+    checkpointer = checkpointing.Checkpointer.from_config(workdir, config)
+    iterator = iter(make_train_loader(config))
+    replicate_nodes(mesh, *nodes.values())  # restored arrays take these (replicated) shardings
+    start_step = checkpointer.restore_latest_into(dict(nodes), data_iterator=iterator)
+    num_steps = int(config.train.num_steps)
+    if start_step:
+        logging.info("resumed from %s at step %d", workdir / "checkpoints", start_step)
+    if start_step >= num_steps:
+        logging.info("already trained to step %d (train.num_steps=%d): nothing to do", start_step, num_steps)
+    reporter = train_logging.ProgressReporter(num_train_steps=num_steps, log_every_steps=config.train.log_every,
+                                              writer=writer)
+    policy = config.train.nonfinite_policy
+    eval_every = int(config.eval.every_steps) if "eval" in config else 0
+    last: dict[str, float] = {}
+    skipped_since_log = 0  # device scalar: updates rejected as non-finite since the last log line
+    started = time.perf_counter()
+    try:
+        for step in range(start_step, num_steps):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                batch = shard_batch(next(iterator), mesh)
+                metrics = dict(train_step(batch, step))
+            done = step + 1
+            if "skipped" in metrics:
+                skipped_since_log = skipped_since_log + metrics.pop("skipped")
+                metrics["skipped_updates"] = skipped_since_log
+            host = reporter(done, metrics)
+            if host is not None:
+                skipped_since_log = 0
+                last = host
+                _check_step_health(host, done, policy)
+            if sample_fn is not None and (done % config.train.sample_every == 0 or done == num_steps):
+                with reporter.timed("sample"):
+                    sample_fn(done, writer)
+            if eval_fn is not None and eval_every and (done % eval_every == 0 or done == num_steps):
+                with reporter.timed("eval"):
+                    results = eval_fn(done)
+                writer.write_scalars(done, results)
+                logging.info("eval at step %d: %s", done, results)
+                if checkpointer.best_metric:
+                    checkpointer.maybe_save_best(done, nodes, results, data_iterator=iterator, config=config)
+            with reporter.timed("checkpoint"):
+                checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=done == num_steps)
+    finally:
+        checkpointer.wait_until_finished()
+        writer.flush()
+    seconds = time.perf_counter() - started
+    steps = max(num_steps - start_step, 0)
+    return TrainResult(final_step=max(num_steps, start_step), start_step=start_step, last_metrics=last,
+                       seconds=seconds, steps_per_second=steps / seconds if seconds > 0 else 0.0)
+
+
+def _check_step_health(host: dict[str, float], step: int, policy: str) -> None:
+    """Non-finite losses never reach the parameters (the step guards them in-jit); here the run stops
+    ('stop') or reports the skipped count ('skip'). `host` is not modified (the async writer holds it)."""
+    skipped = int(host.get("skipped_updates", 0))
+    if skipped and policy == "stop":
+        raise FloatingPointError(
+            f"a non-finite loss or gradient appeared before step {step} ({skipped} update(s) rejected, "
+            "parameters left unchanged). Training stopped (train.nonfinite_policy='stop'); lower the learning "
+            "rate or resume with --config.train.nonfinite_policy=skip to skip such updates.")
+    if skipped:
+        logging.warning("%d update(s) with non-finite values skipped since the last log (nonfinite_policy='skip')",
+                        skipped)
+    guards.check_finite(host, step, "skip" if skipped else policy)

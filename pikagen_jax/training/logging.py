@@ -134,9 +134,13 @@ class ProgressReporter:
         return " | ".join(parts)
 
     @contextlib.contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        """Measures a named section (e.g. 'eval', 'checkpoint'); shown as a share of time by CLU."""
-        with self._clu.timed(name):
+    def timed(self, name: str, wait_jax_async_dispatch: bool = True) -> Iterator[None]:
+        """Measures a named section (e.g. 'eval', 'checkpoint'); shown as a share of time by CLU.
+
+        With `wait_jax_async_dispatch` (CLU's default) the section first waits for all dispatched device
+        work, i.e. syncs host and device: use it only around sections that run rarely.
+        """
+        with self._clu.timed(name, wait_jax_async_dispatch=wait_jax_async_dispatch):
             yield
 
 

@@ -70,6 +70,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
     last: dict[str, float] = {}
     skipped_since_log = 0  # device scalar: updates rejected as non-finite since the last log line
     started = time.perf_counter()
+    done = start_step
     try:
         for step in range(start_step, num_steps):
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -94,8 +95,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
                 logging.info("eval at step %d: %s", done, results)
                 if checkpointer.best_metric:
                     checkpointer.maybe_save_best(done, nodes, results, data_iterator=iterator, config=config)
-            with reporter.timed("checkpoint"):
-                checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=done == num_steps)
+            if done % checkpointer.every_steps == 0 or done == num_steps:  # no host sync on other steps
+                with reporter.timed("checkpoint"):
+                    checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=done == num_steps)
+    except KeyboardInterrupt:  # Ctrl-C: keep the work of the last completed step, then stop
+        if done > start_step:
+            logging.warning("interrupted: saving step %d before exiting", done)
+            checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=True)
+        raise
     finally:
         checkpointer.wait_until_finished()
         writer.flush()

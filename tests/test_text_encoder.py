@@ -104,8 +104,9 @@ def test_partial_filter_selects_exactly_the_seed_002_parameters_bert():
     assert _paths(encoder, encoder.trainable_filter()) == expected
     assert len(expected) == 2 + 8 + 12 + 6 + 1
     count = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(encoder, encoder.trainable_filter())))
-    # word emb 99*32, norms 5*64, last layer 4*(32*32+32)+(32*37+37)+(37*32+32), pooler 32*32+32, heads 2*(32*16+16)
-    assert count == 99 * 32 + 5 * 64 + 4 * 1056 + 1221 + 1216 + 1056 + 2 * 528
+    # word emb 30522*32 (the 'tiny' preset takes the WordPiece vocabulary), norms 5*64,
+    # last layer 4*(32*32+32)+(32*37+37)+(37*32+32), pooler 32*32+32, heads 2*(32*16+16)
+    assert count == 30522 * 32 + 5 * 64 + 4 * 1056 + 1221 + 1216 + 1056 + 2 * 528
     all_params = _paths(encoder, nnx.Param)
     assert _paths(encoder, encoder.trainable_filter("full")) == all_params
     assert _paths(encoder, encoder.trainable_filter("none")) == {f"{h}/{p}" for h in ("token_proj", "sentence_proj")

@@ -134,3 +134,23 @@ def test_two_devices_match_one_device(small_data, tmp_path):
     # sign depends on summation order move by a full learning rate.)
     for key in ("d_loss", "d_hinge", "d_mismatch", "ma_gp", "grad_norm_d"):
         np.testing.assert_allclose(out["2"][key], out["1"][key], rtol=1e-4, err_msg=key)
+
+
+def test_bfloat16_mixed_precision_step_is_finite_and_keeps_float32_params(small_data):
+    from pikagen_jax.gan.state import GanState
+    from pikagen_jax.gan.steps import gan_step
+
+    config = _smoke_config(small_data, **{"train.mixed_precision": "bfloat16"})
+    state = GanState(config, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32),
+             "token_ids": rng.integers(1000, 5000, (4, 16)).astype(np.int32),
+             "attention_mask": np.ones((4, 16), np.int32)}
+    before = jax.tree.map(np.asarray, nnx.state(state.generator, nnx.Param))
+    metrics = nnx.jit(lambda s, b: gan_step(s, b, 0, config))(state, batch)
+    assert int(metrics["skipped"]) == 0
+    assert all(np.isfinite(float(metrics[k])) for k in ("d_loss", "g_loss", "ma_gp"))
+    after = nnx.state(state.generator, nnx.Param)
+    assert {leaf.dtype for leaf in jax.tree.leaves(after)} == {np.dtype("float32")}
+    changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, after))
+    assert any(changed)

@@ -255,6 +255,18 @@ def test_resume_picks_latest_step(tmp_path):
         empty.restore({"generator": target})
 
 
+def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    """A user passes --workdir=workdirs/run: relative paths must work (TensorStore needs absolute ones)."""
+    monkeypatch.chdir(tmp_path)
+    model, _ = make_model_and_optimizer(7)
+    with Checkpointer("runs/rel", every_steps=1, async_save=True) as ckpt:
+        assert ckpt.save(1, {"generator": model})
+    target, _ = make_model_and_optimizer(0)
+    assert Checkpointer("runs/rel").restore_latest_into({"generator": target}) == 1
+    assert_trees_equal(nnx.state(target), nnx.state(model))
+    assert (tmp_path / "runs" / "rel" / "checkpoints" / "1").is_dir()
+
+
 @pytest.mark.parametrize("mode, values, best", [("min", [0.5, 0.3, 0.4, 0.2, 0.6], 4),
                                                 ("max", [0.5, 0.3, 0.9, 0.2, 0.6], 3)])
 def test_best_checkpoint_keeps_best_metric(tmp_path, mode, values, best):

@@ -161,7 +161,7 @@ class Checkpointer:
             raise ValueError(f"checkpoint.best_mode must be one of {BEST_MODES}, got {best_mode!r}")
         if best_metric and keep_best < 1:
             raise ValueError(f"checkpoint.keep_best must be >= 1 when best_metric is set, got {keep_best}")
-        self.workdir = epath.Path(workdir)  # Orbax/TensorStore need absolute paths
+        self.workdir = epath.Path(os.path.abspath(workdir))  # Orbax/TensorStore need absolute paths
         self.every_steps = every_steps
         self.best_metric, self.best_mode, self.read_only = best_metric, best_mode, read_only
         policies = ocp.checkpoint_managers

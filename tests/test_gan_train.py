@@ -150,6 +150,9 @@ def test_bfloat16_mixed_precision_step_is_finite_and_keeps_float32_params(small_
     metrics = nnx.jit(lambda s, b: gan_step(s, b, 0, config))(state, batch)
     assert int(metrics["skipped"]) == 0
     assert all(np.isfinite(float(metrics[k])) for k in ("d_loss", "g_loss", "ma_gp"))
+    assert float(metrics["ema_decay"]) == pytest.approx(0.1)  # EMA warm-up: (1 + step) / (10 + step)
+    ema, gen = state.ema_generator.project.kernel.value, state.generator.project.kernel.value
+    np.testing.assert_allclose(ema, 0.1 * before["project"]["kernel"].value + 0.9 * gen, rtol=1e-5, atol=1e-6)
     after = nnx.state(state.generator, nnx.Param)
     assert {leaf.dtype for leaf in jax.tree.leaves(after)} == {np.dtype("float32")}
     changed = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, after))

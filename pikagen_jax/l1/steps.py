@@ -1,0 +1,153 @@
+"""Jitted train and evaluation steps of the seed 000/001 model.
+
+    train:  loss = L1(model(text), image)  |  CLIP(model(text), text)  |  L1 + λ·CLIP;  Adam + weight decay
+    eval:   per-example L1 of model(text, z) in eval mode (dropout off, BatchNorm running statistics)
+
+Dropout, the BERT-output noise and the latent z draw from the model's own rng streams, which are part of the
+checkpointed state, so a resumed run draws the same numbers. A step whose loss or gradients are not finite
+leaves the parameters and optimizer state unchanged (`skipped`=1).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from pikagen_jax.l1.state import L1State, loss_needs_clip
+from pikagen_jax.losses.l1_clip import clip_image_preprocess, clip_loss, l1_loss
+from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_state
+from pikagen_jax.training.mesh import Mesh, pad_batch, replicated, shard_batch
+
+Batch = dict[str, jax.Array]
+# (images [B, 224, 224, 3] CLIP-normalised, token_ids [B, T]) -> (image_emb [B, E], text_emb [B, E]);
+# differentiable in the images. See pikagen_jax.l1.clip_guide.
+ClipEmbedFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+def l1_step(state: L1State, batch: Batch, config: ml_collections.ConfigDict,
+            clip_embed: ClipEmbedFn | None = None) -> dict[str, jax.Array]:
+    """Updates `state` in place for one batch; returns scalar metrics (`loss`, `l1`, norms, `skipped`)."""
+    images, ids, mask = batch["image"], batch["token_ids"], batch["attention_mask"]
+    kind, weight = config.loss.kind, config.loss.clip_weight
+    if loss_needs_clip(config) and clip_embed is None:
+        raise ValueError(f"loss.kind={kind!r} needs a CLIP embedding function (set clip.checkpoint)")
+    old = snapshot_state(state)
+
+    def loss_fn(model):
+        pred = model(ids, mask)
+        parts = {"l1": l1_loss(pred, images)}
+        if loss_needs_clip(config):
+            image_emb, text_emb = clip_embed(clip_image_preprocess(pred), ids)
+            parts["clip_loss"] = clip_loss(image_emb, text_emb)
+        loss = {"l1": lambda: parts["l1"], "clip": lambda: parts["clip_loss"],
+                "l1+clip": lambda: parts["l1"] + weight * parts["clip_loss"]}[kind]()
+        return loss, parts
+
+    grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, state.trainable), has_aux=True)
+    (loss, parts), grads = grad_fn(state.model)
+    state.optimizer.update(state.model, grads)
+    skipped = restore_nodes_if_nonfinite((loss, grads), old, state)
+    return {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(nnx.state(state.model, nnx.Param)), "skipped": skipped.astype(jnp.int32)}
+
+
+class EpochMeans:
+    """Device-side running sums of training metrics between two evaluations (no host sync per step)."""
+
+    def __init__(self, names: tuple[str, ...] = ("loss", "l1")):
+        self.names = names
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, Any] = {name: 0.0 for name in self.names}
+        self.count: Any = 0
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        """Adds one step's metrics; skipped (non-finite) steps are left out."""
+        keep = 1 - metrics.get("skipped", 0)
+        for name in self.names:
+            if name in metrics:
+                self.sums[name] = self.sums[name] + jnp.where(keep > 0, metrics[name], 0.0)
+        self.count = self.count + keep
+
+    def means(self) -> dict[str, float]:
+        """{name: mean over the counted steps} on the host (NaN when no step was counted); then resets."""
+        count = float(jax.device_get(self.count))
+        out = {name: float(jax.device_get(total)) / count if count else float("nan")
+               for name, total in self.sums.items()}
+        self.reset()
+        return out
+
+
+def make_train_step(state: L1State, config: ml_collections.ConfigDict, mesh: Mesh,
+                    clip_embed: ClipEmbedFn | None = None,
+                    epoch_means: EpochMeans | None = None) -> Callable[[Batch, int], dict[str, jax.Array]]:
+    """A host callable `(sharded batch, step) -> metrics` running the jitted step on the replicated,
+    donated state and writing the new state back into `state`; metrics are also added to `epoch_means`."""
+    graphdef, _ = nnx.split(state)
+
+    def _step(variables: Any, batch: Batch):
+        model = nnx.merge(graphdef, variables)
+        metrics = l1_step(model, batch, config, clip_embed)
+        return nnx.state(model), metrics
+
+    jitted = jax.jit(_step, donate_argnums=(0,), out_shardings=replicated(mesh))
+
+    def train_step(batch: Batch, step: int) -> dict[str, jax.Array]:
+        del step  # randomness comes from the model's checkpointed rng streams
+        variables, metrics = jitted(nnx.state(state), {k: batch[k] for k in ("image", "token_ids",
+                                                                               "attention_mask")})
+        nnx.update(state, variables)
+        if epoch_means is not None:
+            epoch_means.add(metrics)
+        return metrics
+
+    train_step.jitted = jitted  # for compile-count checks and cost analysis
+    return train_step
+
+
+def eval_noise(seed: int, batch_index: int, batch_size: int, z_dim: int) -> jax.Array:
+    """The latent codes of evaluation batch `batch_index` (the same in every evaluation)."""
+    key = jax.random.fold_in(jax.random.key(seed), batch_index)
+    return jax.random.normal(key, (batch_size, z_dim), jnp.float32)
+
+
+class Predictor:
+    """Eval-mode predictions and per-example L1 over fixed-size, mesh-sharded batches (one compilation).
+
+    Reads the model's current weights at every call, so the same Predictor serves every evaluation.
+    """
+
+    def __init__(self, model: nnx.Module, mesh: Mesh, batch_size: int, seed: int):
+        num_devices = mesh.devices.size
+        self.model, self.mesh, self.seed = model, mesh, seed
+        self.batch_size = -(-batch_size // num_devices) * num_devices
+        graphdef, _ = nnx.split(model)
+
+        def _predict(variables, ids, mask, z, images):
+            model = nnx.merge(graphdef, variables)
+            pred = model(ids, mask, z, deterministic=True)
+            per_example = jnp.mean(jnp.abs(pred - images.astype(jnp.float32)), axis=(1, 2, 3))
+            return pred, per_example
+
+        self._predict = jax.jit(_predict)
+
+    def __call__(self, batch: dict[str, np.ndarray], batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Host batch (up to batch_size examples) -> (predictions [n, S, S, 3], per-example L1 [n]) on host."""
+        n = len(batch["token_ids"])
+        if n > self.batch_size:
+            raise ValueError(f"evaluation batch of {n} exceeds the Predictor's batch size {self.batch_size}")
+        arrays = {k: np.asarray(batch[k]) for k in ("image", "token_ids", "attention_mask")}
+        padded, _ = pad_batch(arrays, self.batch_size)
+        sharded = shard_batch(padded, self.mesh)
+        z = eval_noise(self.seed, batch_index, self.batch_size, self.model.config.z_dim)
+        pred, per_example = self._predict(nnx.state(self.model), sharded["token_ids"], sharded["attention_mask"], z,
+                                          sharded["image"])
+        pred, per_example = jax.device_get((pred, per_example))
+        return np.asarray(pred)[:n], np.asarray(per_example)[:n]

@@ -83,6 +83,7 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     # EMA warm-up: early on the average follows the generator closely instead of staying near the random
     # initialisation (decay 0.999 would keep 78 % of it after 250 steps).
     decay = jnp.minimum(config.train.ema_decay, (1.0 + step) / (10.0 + step))
+    decay = jnp.where(skipped, 1.0, decay)  # a skipped step leaves the EMA untouched too
     _ema_update(state.ema_generator, state.generator, decay)
     return {
         "d_loss": d_loss, "g_loss": g_loss, **d_parts, **g_parts,

@@ -11,6 +11,7 @@ from absl import logging
 from flax import nnx
 
 from pikagen_jax.data.pipeline import make_eval_loader
+from pikagen_jax.gan.evaluation import make_eval_fn, with_eval_checkpointing
 from pikagen_jax.gan.sampling import make_sampler, noise
 from pikagen_jax.gan.state import GanState, count_params
 from pikagen_jax.gan.steps import make_train_step
@@ -26,8 +27,14 @@ def fixed_prompts(config: ml_collections.ConfigDict, count: int, split: str = "v
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-    """Trains the GAN for `config.train.num_steps`, resuming from `workdir` if it holds checkpoints."""
+    """Trains the GAN for `config.train.num_steps`, resuming from `workdir` if it holds checkpoints.
+
+    With `eval.every_steps > 0`, evaluates `eval.metric` on the val split and keeps the best checkpoint by it.
+    """
     workdir = Path(workdir)
+    evaluating = int(config.eval.every_steps) > 0
+    if evaluating:
+        config = with_eval_checkpointing(config)
     mesh = make_mesh()
     state = GanState(config, rngs=nnx.Rngs(config.seed))
     logging.info("parameters: G %d, D %d, text encoder %d (trainable %d)", count_params(state.generator),
@@ -46,5 +53,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         write_image_grid(writer, step, "samples/ema", grid, ncols=len(images),
                          png_path=workdir / "samples" / f"step_{step:07d}.png")
 
+    eval_fn = make_eval_fn(config, state.text_encoder, state.ema_generator) if evaluating else None
     return run_training(config, workdir, mesh=mesh, nodes=state.checkpoint_items(),
-                        train_step=make_train_step(state, config, mesh), sample_fn=sample_fn)
+                        train_step=make_train_step(state, config, mesh), sample_fn=sample_fn, eval_fn=eval_fn)

@@ -1,0 +1,493 @@
+"""Evaluate a trained run: FID, KID, IS (and CLIP score) of generated sprites against real ones.
+
+    python -m pikagen_jax.evaluate --workdir=workdirs/gan                       # test_intra + test, latest
+    python -m pikagen_jax.evaluate --workdir=workdirs/gan --best --samples_per_caption=4
+    python -m pikagen_jax.evaluate --real_vs_real=test,train --dataset=kaggle --image_size=64   # the floor
+
+For each split (default: `test_intra`, the intra-class set, when the dataset has it, and `test`, the
+novel-class set) every record's caption is generated `--samples_per_caption` times with the EMA generator,
+and the generated set is compared with the split's real images (one per record) in the pool3 features of
+the FID Inception-v3. Results go to `<workdir>/eval_<step>.json` and `.md` and to TensorBoard
+(`eval/<split>/<metric>`). Real-image statistics are cached per dataset, split, resolution and weights.
+
+KID is the mean ± std of the unbiased polynomial-kernel MMD² over `--kid_subsets` random subsets of
+`--kid_subset_size` images (clamped, with a printed note, to the smaller set). IS needs Inception weights
+with the classifier head (`--inception=pt_inception-2015-12-05-6726825d.pth` from pytorch-fid); the default
+fid-helper weights have none, so IS is reported as unavailable, never estimated. The CLIP score needs
+`--clip_checkpoint` (a Hugging Face CLIP model directory or hub name); without it, it is "n/a".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+if TYPE_CHECKING:
+    from pikagen_jax.metrics.fid import ReferenceStats
+    from pikagen_jax.metrics.inception import InceptionV3
+
+IS_UNAVAILABLE = "unavailable: weights have no classifier head"
+NOT_AVAILABLE = "n/a"
+DEFAULT_SPLITS = ("test_intra", "test")  # seed 002's intra-class and novel-class test sets
+SPLIT_TITLES = {"test_intra": "intra-class", "test": "novel-class", "val": "validation", "train": "train"}
+SUPPORTED_SYSTEMS = ("gan",)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSettings:
+    """How the metrics are estimated (defaults: torch-fidelity's; seed 002 used 100 KID subsets)."""
+
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    kid_seed: int = 2020
+    is_splits: int = 10
+    batch_size: int = 50  # Inception (and generation) batch; the last batch is zero-padded
+
+    def __post_init__(self):
+        if self.kid_subsets < 1 or self.kid_subset_size < 2:
+            raise ValueError(f"KID needs kid_subsets >= 1 and kid_subset_size >= 2, got {self.kid_subsets} "
+                             f"and {self.kid_subset_size}")
+        if self.batch_size < 1 or self.is_splits < 1:
+            raise ValueError(f"batch_size and is_splits must be >= 1, got {self.batch_size}, {self.is_splits}")
+
+
+@dataclasses.dataclass
+class SplitData:
+    """A split in record order: real images [N, S, S, 3] in [-1, 1], tokenized captions and the captions."""
+
+    images: np.ndarray
+    token_ids: np.ndarray
+    attention_mask: np.ndarray
+    captions: list[str]
+
+
+# ----------------------------------------------------------------------------------------- real data
+
+def load_split(config: ml_collections.ConfigDict, split: str, batch_size: int = 64) -> SplitData:
+    """All records of `split` at `config.data.image_size`, each with its first (original) caption."""
+    from pikagen_jax.data.pipeline import make_eval_loader
+
+    batches = list(make_eval_loader(config, split, batch_size=batch_size))
+    if not batches:
+        raise ValueError(f"split {split!r} of dataset {config.data.dataset!r} has no records")
+    join = lambda key: np.concatenate([np.asarray(b[key]) for b in batches])  # noqa: E731
+    return SplitData(join("image").astype(np.float32), join("token_ids"), join("attention_mask"),
+                     [str(c) for c in join("caption")])
+
+
+def dataset_splits(config: ml_collections.ConfigDict) -> list[str]:
+    """The splits written for `config.data.dataset` (empty splits are not written by the builder)."""
+    import tensorflow_datasets as tfds
+
+    from pikagen_jax.data.pipeline import dataset_dir
+
+    builder = tfds.builder_from_directory(str(dataset_dir(config.data.data_dir, config.data.dataset)))
+    return list(builder.info.splits)
+
+
+def default_eval_splits(config: ml_collections.ConfigDict) -> list[str]:
+    """`test_intra` (if the dataset has it) and `test`."""
+    available = dataset_splits(config)
+    splits = [s for s in DEFAULT_SPLITS if s in available]
+    if not splits:
+        raise ValueError(f"dataset {config.data.dataset!r} has no test split (it has {available}); pass "
+                         f"--splits=<names>")
+    return splits
+
+
+def split_fingerprint(config: ml_collections.ConfigDict, split: str) -> str:
+    """A short hash of the split's ArrayRecord shards: rebuilt or different data never reuses cached stats."""
+    from pikagen_jax.data.pipeline import DATASET_NAME, dataset_dir
+
+    shards = sorted(dataset_dir(config.data.data_dir, config.data.dataset).glob(f"{DATASET_NAME}-{split}.*"))
+    if not shards:
+        raise ValueError(f"split {split!r} is not in dataset {config.data.dataset!r} (it has "
+                         f"{dataset_splits(config)})")
+    digest = hashlib.sha1()
+    for shard in shards:
+        digest.update(shard.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def inception_tag(source: str) -> str:
+    """A short name of the Inception weights for cache keys and reports."""
+    return "fid_helper" if str(source) == "fid_helper" else Path(source).stem
+
+
+def reference_key(config: ml_collections.ConfigDict, split: str, inception_source: str = "fid_helper") -> str:
+    """Cache key of a split's real-image statistics: dataset/split/resolution/weights/data fingerprint."""
+    return (f"{config.data.dataset}/{split}/{config.data.image_size}px/{inception_tag(inception_source)}/"
+            f"{split_fingerprint(config, split)}")
+
+
+def split_reference_stats(inception: InceptionV3, config: ml_collections.ConfigDict, split: str, *,
+                          inception_source: str = "fid_helper", batch_size: int = 50,
+                          cache_dir: str | Path | None = None, images: np.ndarray | None = None) -> ReferenceStats:
+    """Cached `ReferenceStats` (mu, sigma, features) of the real images of `split` (computed once from
+    `images`, or from the split itself when `images` is None)."""
+    from pikagen_jax.metrics.fid import cached_reference_stats, extract_features
+
+    def compute():
+        real = images if images is not None else load_split(config, split).images
+        return extract_features(inception, real, batch_size)
+
+    return cached_reference_stats(reference_key(config, split, inception_source), compute, cache_dir=cache_dir)
+
+
+def load_inception(source: str = "fid_helper") -> InceptionV3:
+    """The FID Inception-v3 with `source` weights ('fid_helper', a pytorch-fid .pth or a .safetensors)."""
+    from pikagen_jax.metrics.inception_weights import load_fid_inception
+
+    return load_fid_inception(source)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+def resolve_kid_subset_size(requested: int, num_a: int, num_b: int) -> tuple[int, str | None]:
+    """The KID subset size actually used: `requested`, clamped to the smaller set (with a note saying so)."""
+    available = min(num_a, num_b)
+    if available < 2:
+        raise ValueError(f"KID needs at least 2 images in each set, got {num_a} and {num_b}; use more captions "
+                         f"or --samples_per_caption")
+    if requested <= available:
+        return requested, None
+    return available, (f"KID subset size {requested} is larger than the sets ({num_a} and {num_b} images): "
+                       f"using {available}")
+
+
+def fid_of_features(features_a: np.ndarray, features_b: np.ndarray, low_rank_limit: int = 4096) -> float:
+    """FID of two (N, D) feature sets, through the N x N route when the sets are small.
+
+    Tr sqrt(S_a S_b) is the nuclear norm of Xa Xb^T / sqrt((Na-1)(Nb-1)) for the centred feature matrices
+    (the non-zero eigenvalues of S_a S_b are those of M M^T, M = Xa Xb^T): exact, float64, and a
+    (Na x Nb) SVD instead of `scipy.linalg.sqrtm` of a 2048 x 2048 product (tens of seconds on a small
+    CPU, and inaccurate when the covariances are singular, i.e. N <= 2048). Larger sets go through
+    `pikagen_jax.metrics.fid.frechet_distance` (pytorch-fid's formula).
+    """
+    from pikagen_jax.metrics.fid import feature_statistics, frechet_distance
+
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"FID needs two (N, D) feature sets of one dimension, got shapes {a.shape} and {b.shape}")
+    for name, array in (("generated", a), ("reference", b)):
+        if not np.isfinite(array).all():
+            raise ValueError(f"the {name} features have NaN/inf values: check that the images are finite and "
+                             f"in [-1, 1]")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"FID needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    if max(len(a), len(b)) > low_rank_limit:
+        return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    centred_a, centred_b = a - mu_a, b - mu_b
+    trace_a = np.sum(centred_a ** 2) / (len(a) - 1)
+    trace_b = np.sum(centred_b ** 2) / (len(b) - 1)
+    cross = centred_a @ centred_b.T / np.sqrt((len(a) - 1) * (len(b) - 1))
+    trace_sqrt = np.linalg.svd(cross, compute_uv=False).sum()
+    diff = mu_a - mu_b
+    return float(diff @ diff + trace_a + trace_b - 2.0 * trace_sqrt)
+
+
+def compare_features(features: np.ndarray, reference: ReferenceStats, settings: MetricSettings = MetricSettings()
+                     ) -> dict[str, Any]:
+    """FID and KID of (N, 2048) features against a `ReferenceStats`; notes say what was adjusted."""
+    from pikagen_jax.metrics.fid import kernel_inception_distance
+
+    notes = []
+    subset_size, note = resolve_kid_subset_size(settings.kid_subset_size, len(features), len(reference.features))
+    if note:
+        notes.append(note)
+    fid = fid_of_features(features, reference.features)
+    kid_mean, kid_std = kernel_inception_distance(features, reference.features, subsets=settings.kid_subsets,
+                                                  subset_size=subset_size, seed=settings.kid_seed)
+    return {"num_real": len(reference.features), "num_generated": len(features), "fid": fid,
+            "kid": {"mean": kid_mean, "std": kid_std, "subsets": settings.kid_subsets, "subset_size": subset_size},
+            "notes": notes}
+
+
+def clip_scores(clip, images: np.ndarray, captions: Sequence[str], batch_size: int = 50) -> dict[str, float]:
+    """Mean CLIP image-caption cosine (seed 000's CLIP score) and torchmetrics' CLIPScore
+    100 * mean(max(cos, 0)) (seed 002's)."""
+    cosines = np.concatenate([clip.score(images[i:i + batch_size], list(captions[i:i + batch_size]))
+                              for i in range(0, len(images), batch_size)])
+    return {"clip_score": float(100.0 * np.maximum(cosines, 0.0).mean()), "clip_cosine": float(cosines.mean())}
+
+
+def evaluate_images(inception: InceptionV3, images: np.ndarray, reference: ReferenceStats, *, reference_image_size: int,
+                    settings: MetricSettings = MetricSettings(), captions: Sequence[str] | None = None,
+                    clip=None) -> dict[str, Any]:
+    """All metrics of generated `images` against a real reference: FID, KID, IS (or why it is unavailable)
+    and the CLIP score (with `clip` and `captions`, else "n/a")."""
+    from pikagen_jax.metrics.fid import extract_features, inception_score
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:3] != (reference_image_size, reference_image_size):
+        raise ValueError(f"generated images have shape {images.shape[1:]} but the real reference images are "
+                         f"{reference_image_size}x{reference_image_size}: compare images of one resolution")
+    with_logits = inception.has_classifier_head
+    extracted = extract_features(inception, images, settings.batch_size, with_logits=with_logits)
+    features, logits = extracted if with_logits else (extracted, None)
+    results = compare_features(features, reference, settings)
+    if logits is None:
+        results["inception_score"] = IS_UNAVAILABLE
+    elif len(logits) < settings.is_splits:
+        results["inception_score"] = f"unavailable: needs at least {settings.is_splits} images, got {len(logits)}"
+    else:
+        mean, std = inception_score(logits, splits=settings.is_splits)
+        results["inception_score"] = {"mean": mean, "std": std, "splits": settings.is_splits}
+    results["clip_score"] = NOT_AVAILABLE
+    if clip is not None and captions is not None:
+        results.update(clip_scores(clip, images, captions, settings.batch_size))
+    return results
+
+
+# ----------------------------------------------------------------------------------------- runs
+
+def run_config(workdir: str | Path, step: int | None = None) -> ml_collections.ConfigDict:
+    """The config saved with a run's checkpoint (`step`, default the latest)."""
+    from pikagen_jax.training.checkpointing import Checkpointer
+
+    workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"no checkpoints in {workdir}: train first, e.g. "
+                                f"`python launch.py --config=configs/gan.py --workdir={workdir}`")
+    return ml_collections.ConfigDict(Checkpointer(workdir, read_only=True).restore_config(step=step))
+
+
+def generator_for_run(workdir: Path, config: ml_collections.ConfigDict, *, step: int | None, best: bool,
+                      batch_size: int) -> tuple[int, Callable[[SplitData, int, int], np.ndarray]]:
+    """(step, generate(split_data, samples_per_caption, seed) -> images) for the run's system."""
+    if config.system == "gan":
+        from pikagen_jax.gan.evaluation import load_generate_fn
+
+        return load_generate_fn(workdir, step=step, best=best, batch_size=batch_size)
+    raise NotImplementedError(f"evaluating {config.system!r} runs is not supported yet (supported: "
+                              f"{', '.join(SUPPORTED_SYSTEMS)}); {workdir} holds a {config.system!r} run")
+
+
+def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, samples_per_caption: int = 1,
+                 step: int | None = None, best: bool = False, settings: MetricSettings = MetricSettings(),
+                 inception_source: str = "fid_helper", clip_checkpoint: str | None = None, seed: int = 0,
+                 cache_dir: str | Path | None = None, write: bool = True) -> dict[str, Any]:
+    """Generates `samples_per_caption` images per caption of each split with the run's checkpoint and
+    returns the report {run info..., "results": {split: metrics}}; with `write`, also writes
+    `eval_<step>.json` / `.md` to `workdir` and logs the scalars to its TensorBoard."""
+    workdir = Path(workdir)
+    if samples_per_caption < 1:
+        raise ValueError(f"--samples_per_caption must be >= 1, got {samples_per_caption}")
+    config = run_config(workdir)
+    resolved_step, generate = generator_for_run(workdir, config, step=step, best=best,
+                                                batch_size=settings.batch_size)
+    splits = list(splits) if splits else default_eval_splits(config)
+    inception = load_inception(inception_source)
+    clip = None
+    if clip_checkpoint:
+        from pikagen_jax.l1.clip_guide import TorchClip
+
+        clip = TorchClip(clip_checkpoint)
+    report = {"workdir": str(workdir), "system": config.system, "step": resolved_step,
+              "checkpoint": "best" if best else ("step" if step is not None else "latest"),
+              "dataset": config.data.dataset, "image_size": config.data.image_size,
+              "inception": inception_tag(inception_source), "samples_per_caption": samples_per_caption,
+              "seed": seed, "results": {}}
+    for split in splits:
+        data = load_split(config, split, settings.batch_size)
+        reference = split_reference_stats(inception, config, split, inception_source=inception_source,
+                                          batch_size=settings.batch_size, cache_dir=cache_dir, images=data.images)
+        images = generate(data, samples_per_caption, seed)
+        captions = [c for c in data.captions for _ in range(samples_per_caption)]
+        try:
+            results = evaluate_images(inception, images, reference, reference_image_size=config.data.image_size,
+                                      settings=settings, captions=captions, clip=clip)
+        except ValueError as error:
+            raise ValueError(f"split {split!r}, generated images: {error}") from error
+        report["results"][split] = results
+        for note in results["notes"]:
+            print(f"note ({split}): {note}", file=sys.stderr)
+    if write:
+        write_report(workdir, f"eval_{resolved_step}", report)
+        log_scalars(workdir, resolved_step, report, prefix="eval")
+    return report
+
+
+def real_vs_real(config: ml_collections.ConfigDict, split_a: str, split_b: str, *,
+                 settings: MetricSettings = MetricSettings(), inception_source: str = "fid_helper",
+                 cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """FID / KID of the real images of `split_a` against those of `split_b` (e.g. test vs train): the
+    floor a generator can be compared with at this dataset size and resolution."""
+    inception = load_inception(inception_source)
+    stats = {split: split_reference_stats(inception, config, split, inception_source=inception_source,
+                                          batch_size=settings.batch_size, cache_dir=cache_dir)
+             for split in (split_a, split_b)}
+    results = compare_features(stats[split_a].features, stats[split_b], settings)
+    del results["num_generated"], results["num_real"]
+    results[f"num_{split_a}"], results[f"num_{split_b}"] = len(stats[split_a].features), len(stats[split_b].features)
+    results["inception_score"] = results["clip_score"] = NOT_AVAILABLE
+    return {"mode": "real_vs_real", "dataset": config.data.dataset, "image_size": config.data.image_size,
+            "inception": inception_tag(inception_source), "results": {f"{split_a} vs {split_b}": results}}
+
+
+# ----------------------------------------------------------------------------------------- reports
+
+def _format(value: Any, digits: int) -> str:
+    if isinstance(value, dict):
+        return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return "" if value is None else str(value)
+
+
+def _markdown_header(report: dict[str, Any]) -> list[str]:
+    if report.get("mode") == "real_vs_real":
+        title = f"# Real vs real: {report['dataset']}, {report['image_size']} px"
+    else:
+        title = (f"# Evaluation of {report['workdir']} ({report['system']}), step {report['step']} "
+                 f"({report['checkpoint']} checkpoint)")
+    setting = f"Dataset `{report['dataset']}` at {report['image_size']} px; Inception weights: {report['inception']}"
+    if "samples_per_caption" in report:
+        setting += f"; {report['samples_per_caption']} sample(s) per caption, seed {report['seed']}"
+    return [title, "", setting + ".", ""]
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The report as a Markdown table, one column per split (or split pair), then the notes."""
+    results = report["results"]
+    columns = list(results)
+    labels = [f"{c} ({SPLIT_TITLES[c]})" if c in SPLIT_TITLES else c for c in columns]
+    subsets = "/".join(sorted({str(results[c]["kid"]["subsets"]) for c in columns}))
+    sizes = "/".join(str(n) for n in sorted({results[c]["kid"]["subset_size"] for c in columns}))
+    rows = [("FID ↓", "fid", 2), (f"KID ↓ ({subsets} subsets of {sizes})", "kid", 4),
+            ("IS ↑", "inception_score", 3), ("CLIP score ↑", "clip_score", 2),
+            ("CLIP cosine ↑", "clip_cosine", 4), ("real images", "num_real", 0),
+            ("generated images", "num_generated", 0)]
+    known = {key for _, key, _ in rows}
+    counts = sorted({key for c in columns for key in results[c] if key.startswith("num_")} - known)
+    rows += [(f"{key[4:]} images", key, 0) for key in counts]  # real_vs_real: num_<split>
+    lines = _markdown_header(report)
+    lines += ["| metric | " + " | ".join(labels) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, key, digits in rows:
+        if any(results[c].get(key) is not None for c in columns):
+            cells = [_format(results[c].get(key), digits) for c in columns]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = [f"{c}: {note}" for c in columns for note in results[c]["notes"]]
+    notes.append("FID is biased upwards for fewer than a few thousand images; compare runs at equal sizes.")
+    return "\n".join(lines + [""] + [f"- {note}" for note in notes] + [""])
+
+
+def write_report(directory: str | Path, name: str, report: dict[str, Any]) -> tuple[Path, Path]:
+    """Writes `<name>.json` and `<name>.md` into `directory`; returns their paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = directory / f"{name}.json", directory / f"{name}.md"
+    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown_report(report), encoding="utf-8")
+    return json_path, md_path
+
+
+def report_scalars(report: dict[str, Any], prefix: str) -> dict[str, float]:
+    """The numeric results as {'<prefix>/<split>/fid': ..., '.../kid', '.../kid_std', '.../is', ...}."""
+    scalars = {}
+    for column, results in report["results"].items():
+        name = f"{prefix}/{column.replace(' ', '_')}"
+        scalars[f"{name}/fid"] = results["fid"]
+        scalars[f"{name}/kid"], scalars[f"{name}/kid_std"] = results["kid"]["mean"], results["kid"]["std"]
+        if isinstance(results.get("inception_score"), dict):
+            scalars[f"{name}/is"] = results["inception_score"]["mean"]
+        for key in ("clip_score", "clip_cosine"):
+            if isinstance(results.get(key), float):
+                scalars[f"{name}/{key}"] = results[key]
+    return scalars
+
+
+def log_scalars(workdir: str | Path, step: int, report: dict[str, Any], prefix: str) -> None:
+    """Writes the report's numbers to the TensorBoard log in `workdir` (CLU writer)."""
+    from pikagen_jax.training.logging import create_writer
+
+    writer = create_writer(workdir)
+    writer.write_scalars(step, report_scalars(report, prefix))
+    writer.flush()
+    writer.close()
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--workdir", help="training work directory (holds checkpoints/); reports are written here")
+    p.add_argument("--splits", help="comma-separated splits (default: test_intra if present, and test)")
+    p.add_argument("--samples_per_caption", type=int, default=1, help="generated images per caption")
+    p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    p.add_argument("--best", action="store_true", help="use the best checkpoint (by the in-training metric)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed of the generated images")
+    p.add_argument("--kid_subsets", type=int, default=100, help="number of KID subsets")
+    p.add_argument("--kid_subset_size", type=int, default=1000,
+                   help="images per KID subset (clamped to the smaller set, with a note)")
+    p.add_argument("--batch_size", type=int, default=50, help="Inception / generation batch size")
+    p.add_argument("--inception", default="fid_helper",
+                   help="Inception weights: 'fid_helper', pytorch-fid's .pth (has the IS head) or a .safetensors")
+    p.add_argument("--clip_checkpoint", help="Hugging Face CLIP model (directory or hub name) for the CLIP score")
+    p.add_argument("--cache_dir", help="cache of real-image statistics (default: ~/.cache/pikagen_jax)")
+    p.add_argument("--real_vs_real", metavar="A,B", help="FID/KID of real split A against real split B instead")
+    p.add_argument("--data_dir", default="data/tfds", help="--real_vs_real without --workdir: built datasets")
+    p.add_argument("--dataset", default="kaggle", help="--real_vs_real without --workdir: dataset name")
+    p.add_argument("--image_size", type=int, default=128, help="--real_vs_real without --workdir: resolution")
+    p.add_argument("--out_dir", help="--real_vs_real: where to write the report (default: workdir, else none)")
+    return p.parse_args(argv)
+
+
+def _real_vs_real_main(args: argparse.Namespace, settings: MetricSettings) -> dict[str, Any]:
+    pair = [s.strip() for s in args.real_vs_real.split(",") if s.strip()]
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise ValueError(f"--real_vs_real needs two different splits, e.g. test,train; got {args.real_vs_real!r}")
+    if args.workdir:
+        config = run_config(args.workdir)
+    else:
+        from pikagen_jax.data.pipeline import data_config
+
+        config = data_config()
+        config.data.update({"data_dir": args.data_dir, "dataset": args.dataset, "image_size": args.image_size})
+    report = real_vs_real(config, *pair, settings=settings, inception_source=args.inception,
+                          cache_dir=args.cache_dir)
+    out_dir = args.out_dir or args.workdir
+    if out_dir:
+        name = f"real_vs_real_{pair[0]}_{pair[1]}_{config.data.image_size}px"
+        write_report(out_dir, name, report)
+        if args.workdir:
+            log_scalars(args.workdir, 0, report, prefix="real_vs_real")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from pikagen_jax.metrics.inception import ClassifierHeadUnavailableError
+
+    try:
+        settings = MetricSettings(kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+                                  batch_size=args.batch_size)
+        if args.real_vs_real:
+            report = _real_vs_real_main(args, settings)
+        elif not args.workdir:
+            raise ValueError("pass --workdir=<training work directory> (or --real_vs_real=A,B)")
+        else:
+            splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+            report = evaluate_run(args.workdir, splits=splits, samples_per_caption=args.samples_per_caption,
+                                  step=args.step, best=args.best, settings=settings,
+                                  inception_source=args.inception, clip_checkpoint=args.clip_checkpoint,
+                                  seed=args.seed, cache_dir=args.cache_dir)
+    except (FileNotFoundError, ValueError, KeyError, NotImplementedError, ClassifierHeadUnavailableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""GAN evaluation: EMA-generator images for a split's captions, and the in-training FID / KID `eval_fn`.
+
+With `config.eval.every_steps > 0`, `gan.train` computes `config.eval.metric` ('fid' or 'kid') of
+`config.eval.num_samples` EMA samples for the validation captions against the real validation images,
+logs it as `val_fid` / `val_kid` and keeps the best checkpoint by it (lower is better) in `workdir/best`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from pikagen_jax.gan.sampling import make_sampler, noise
+
+EVAL_METRICS = ("fid", "kid")
+EVAL_SPLIT = "val"
+
+
+def generate_for_tokens(sample: Callable, token_ids: np.ndarray, attention_mask: np.ndarray, z_dim: int, *,
+                        samples_per_caption: int = 1, seed: int = 0, batch_size: int = 50) -> np.ndarray:
+    """Images [N * samples_per_caption, S, S, 3] in [-1, 1], caption-major (the samples of caption 0 first).
+
+    `sample(ids, mask, z)` is a `make_sampler` function; the noise comes from `seed`, so equal seeds give
+    equal images. Batches have one fixed size (the last is padded), so the sampler compiles once.
+    """
+    if samples_per_caption < 1 or batch_size < 1:
+        raise ValueError(f"samples_per_caption and batch_size must be >= 1, got {samples_per_caption}, "
+                         f"{batch_size}")
+    ids = np.repeat(np.asarray(token_ids), samples_per_caption, axis=0)
+    mask = np.repeat(np.asarray(attention_mask), samples_per_caption, axis=0)
+    total = len(ids)
+    if total == 0:
+        raise ValueError("no captions to generate images for")
+    z = np.asarray(noise(seed, total, z_dim))
+    batch_size = min(batch_size, total)
+    outputs = []
+    for start in range(0, total, batch_size):
+        stop = min(start + batch_size, total)
+        pad = batch_size - (stop - start)
+        take = lambda a: np.concatenate([a[start:stop], np.repeat(a[start:start + 1], pad, axis=0)])  # noqa: E731
+        images = sample(take(ids), take(mask), take(z))
+        outputs.append(np.asarray(jax.device_get(images), np.float32)[:stop - start])
+    return np.concatenate(outputs)
+
+
+def load_generate_fn(workdir: str | Path, *, step: int | None = None, best: bool = False, batch_size: int = 50):
+    """(step, generate(split_data, samples_per_caption, seed) -> images) with a run's EMA generator."""
+    from pikagen_jax.generate import load_gan_for_sampling
+
+    config, text_encoder, generator, resolved = load_gan_for_sampling(Path(workdir), step, best)
+    sample = make_sampler(text_encoder, generator)
+
+    def generate(data, samples_per_caption: int, seed: int) -> np.ndarray:
+        return generate_for_tokens(sample, data.token_ids, data.attention_mask, config.model.z_dim,
+                                   samples_per_caption=samples_per_caption, seed=seed, batch_size=batch_size)
+
+    return resolved, generate
+
+
+def eval_metric_name(config: ml_collections.ConfigDict) -> str:
+    """The logged name of the in-training metric: 'val_fid' or 'val_kid'."""
+    metric = config.eval.metric
+    if metric not in EVAL_METRICS:
+        raise ValueError(f"eval.metric must be one of {EVAL_METRICS}, got {metric!r}")
+    return f"{EVAL_SPLIT}_{metric}"
+
+
+def with_eval_checkpointing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` whose best checkpoint is kept by the in-training metric (`checkpoint.best_metric`
+    = 'val_fid' / 'val_kid', mode 'min') when it is left empty; other settings are checked."""
+    name = eval_metric_name(config)
+    if int(config.eval.num_samples) < 2:
+        raise ValueError(f"eval.num_samples must be >= 2 for FID/KID, got {config.eval.num_samples}")
+    config = config.copy_and_resolve_references()
+    block = config.checkpoint
+    if not block.best_metric:
+        block.best_metric = name
+    produced = (name, f"{name}_std") if name.endswith("kid") else (name,)
+    if block.best_metric not in produced:
+        raise ValueError(f"checkpoint.best_metric={block.best_metric!r} is not computed during training (eval.metric"
+                         f"={config.eval.metric!r} gives {list(produced)}); set --config.checkpoint.best_metric="
+                         f"{name} or leave it empty")
+    if block.best_metric == name and block.best_mode != "min":
+        raise ValueError(f"{name} is lower-is-better: set --config.checkpoint.best_mode=min")
+    return config
+
+
+def make_eval_fn(config: ml_collections.ConfigDict, text_encoder: nnx.Module, ema_generator: nnx.Module, *,
+                 inception_source: str = "fid_helper", batch_size: int = 50,
+                 cache_dir: str | Path | None = None) -> Callable[[int], dict[str, float]]:
+    """`eval_fn(step) -> {'val_fid': x}` (or `{'val_kid': mean, 'val_kid_std': std}`) for `run_training`.
+
+    Generates `config.eval.num_samples` images with the current EMA weights, cycling over the validation
+    captions with noise fixed across evaluations, and compares them with the real validation images
+    (statistics cached). The Inception network and the real data load on the first call.
+    """
+    from pikagen_jax import evaluate
+    from pikagen_jax.metrics.fid import extract_features
+
+    name = eval_metric_name(config)
+    num_samples = int(config.eval.num_samples)
+    sample = make_sampler(text_encoder, ema_generator)
+    batch_size = min(batch_size, num_samples)
+    cache: dict = {}
+
+    def eval_fn(step: int) -> dict[str, float]:
+        if not cache:
+            cache["inception"] = evaluate.load_inception(inception_source)
+            data = evaluate.load_split(config, EVAL_SPLIT, batch_size)
+            cache["tokens"] = (data.token_ids, data.attention_mask)
+            cache["reference"] = evaluate.split_reference_stats(
+                cache["inception"], config, EVAL_SPLIT, inception_source=inception_source, batch_size=batch_size,
+                cache_dir=cache_dir, images=data.images)
+            if num_samples < len(data.captions):
+                logging.warning("eval.num_samples=%d < %d validation captions: only the first %d are used",
+                                num_samples, len(data.captions), num_samples)
+        ids, mask = cache["tokens"]
+        index = np.arange(num_samples) % len(ids)
+        images = generate_for_tokens(sample, ids[index], mask[index], config.model.z_dim, seed=config.seed,
+                                     batch_size=batch_size)
+        features = extract_features(cache["inception"], images, batch_size)
+        settings = evaluate.MetricSettings(kid_subset_size=min(1000, num_samples), batch_size=batch_size)
+        results = evaluate.compare_features(features, cache["reference"], settings)
+        if config.eval.metric == "fid":
+            return {name: results["fid"]}
+        return {name: results["kid"]["mean"], f"{name}_std": results["kid"]["std"]}
+
+    return eval_fn

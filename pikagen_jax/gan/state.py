@@ -60,7 +60,8 @@ class GanState(nnx.Module):
         self.generator = build_generator(config, rngs, dtype)
         self.discriminator = Discriminator(config.data.image_size, sentence_dim=config.text.out_dim,
                                            base_channels=m.disc_channels, max_channels=m.max_channels,
-                                           downsample=m.downsample, dtype=dtype, rngs=rngs)
+                                           downsample=m.downsample, conv_impl=m.conv_impl, dtype=dtype,
+                                           rngs=rngs)
         self.ema_generator = build_generator(config, nnx.Rngs(0), jnp.float32)
         nnx.update(self.ema_generator, jax.tree.map(jnp.copy, nnx.state(self.generator, nnx.Param)))
         adam = lambda lr: optax.adam(lr, b1=o.b1, b2=o.b2)  # noqa: E731

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pikagen_jax.models.conv_matmul import ConvImpl
 from pikagen_jax.models.spectral_norm import SpectralNormConv
 
 Array = jax.Array
@@ -221,10 +222,11 @@ class DiscriminatorResBlock(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, downsample: DownsampleMode = "strided",
-                 n_power_iterations: int = 1, dtype, param_dtype, rngs: nnx.Rngs):
+                 n_power_iterations: int = 1, conv_impl: ConvImpl = "auto", dtype, param_dtype, rngs: nnx.Rngs):
         if downsample not in ("strided", "avgpool"):
             raise ValueError(f"downsample must be 'strided' or 'avgpool', got {downsample!r}")
-        sn = dict(n_power_iterations=n_power_iterations, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        sn = dict(n_power_iterations=n_power_iterations, conv_impl=conv_impl, dtype=dtype, param_dtype=param_dtype,
+                  rngs=rngs)
         self.conv1 = SpectralNormConv(in_channels, out_channels, 3, padding=1, **sn)
         self.conv2 = SpectralNormConv(out_channels, out_channels, 3, padding=1, **sn)
         self.downsample = downsample
@@ -254,18 +256,21 @@ class Discriminator(nnx.Module):
     Spectral-norm power iterations run in training mode (`.train()`, the default) and are frozen in
     `.eval()`; `update_stats` overrides the mode per call. `compute_dtype` overrides the module's compute
     dtype per call (MA-GP runs the discriminator in float32 even when it is built for bfloat16).
+    `conv_impl` picks how the convolutions are computed (`pikagen_jax.models.conv_matmul`); the values
+    are the same either way.
     """
 
     def __init__(self, image_size: int = 128, *, sentence_dim: int = 256, base_channels: int = 32,
                  max_channels: int = 256, downsample: DownsampleMode = "strided", n_power_iterations: int = 1,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 conv_impl: ConvImpl = "auto", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         num_blocks = check_image_size(image_size)
         self.image_size = image_size
         self.sentence_dim = sentence_dim
         widths = [channels_at(image_size // 2**i, image_size, base_channels, max_channels)
                   for i in range(num_blocks + 1)]
         self.channels = tuple(widths)
-        sn = dict(n_power_iterations=n_power_iterations, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        sn = dict(n_power_iterations=n_power_iterations, conv_impl=conv_impl, dtype=dtype, param_dtype=param_dtype,
+                  rngs=rngs)
         self.stem = SpectralNormConv(3, widths[0], 3, padding=1, **sn)
         self.blocks = nnx.List([
             DiscriminatorResBlock(c_in, c_out, downsample=downsample, **sn)

@@ -14,7 +14,6 @@ import json
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import ml_collections
 

@@ -76,7 +76,8 @@ class JaxRunner:
         self.batch = shard_batch({"image": images, "token_ids": ids, "attention_mask": mask}, mesh)
 
     def step_args(self) -> tuple:
-        return ()
+        import numpy as np
+        return (np.asarray(self.step, np.int32),)
 
     def setup(self) -> dict:
         start = time.perf_counter()
@@ -107,10 +108,6 @@ class JaxGan(JaxRunner):
     def make_step(self, mesh):
         from pikagen_jax.gan.steps import make_train_step
         return make_train_step(self.state, self.config, mesh)
-
-    def step_args(self) -> tuple:
-        import numpy as np
-        return (np.asarray(self.step, np.int32),)
 
     def generate(self, count: int) -> None:
         import jax

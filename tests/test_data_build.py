@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -89,7 +88,7 @@ def test_bad_input_is_counted_not_dropped_silently(tmp_path, capsys):
     lines.append(lines[2])  # duplicate of species #2
     (src / "pokemon_data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    assert main([f"--source=kaggle", f"--source_dir={src}", f"--data_dir={tmp_path / 'out'}"]) == 0
+    assert main(["--source=kaggle", f"--source_dir={src}", f"--data_dir={tmp_path / 'out'}"]) == 0
     out = capsys.readouterr()
     assert "skipped 4 row(s)" in out.out
     assert "003.png" in out.err and "004.png" in out.err

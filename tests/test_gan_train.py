@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -76,6 +75,8 @@ def test_resume_continues_with_identical_losses(small_data, tmp_path):
     assert first.final_step == 2
     resumed = train_and_evaluate(_smoke_config(small_data, **{"train.log_every": 1}), tmp_path / "b")
     assert resumed.start_step == 2 and resumed.final_step == 4
+    for run in (straight, first, resumed):  # the jitted step compiles in its first call and never again
+        assert run.first_step_compiles >= 1 and run.recompiles == 0
     for name in ("d_loss", "g_loss", "ma_gp", "grad_norm_g"):
         np.testing.assert_allclose(resumed.last_metrics[name], straight.last_metrics[name], rtol=1e-5, atol=1e-6,
                                    err_msg=name)

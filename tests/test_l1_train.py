@@ -38,6 +38,7 @@ def smoke_run(small_data, tmp_path_factory):
 def test_smoke_run_writes_checkpoints_events_results_and_figures(smoke_run):
     workdir, log = smoke_run
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]
+    assert "recompilation(s) after" in log and " 0 recompilation(s) after" in log  # compiled in step 1 only
     for item in ("model", "optimizer", "data_iterator", "config"):
         assert (workdir / "checkpoints" / "4" / item).is_dir(), item
     best_steps = [p.name for p in (workdir / "best").iterdir()]

@@ -22,7 +22,8 @@ from flax import nnx
 from pikagen_jax.l1.state import L1State, loss_needs_clip
 from pikagen_jax.losses.l1_clip import clip_image_preprocess, clip_loss, l1_loss
 from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_state
-from pikagen_jax.training.mesh import Mesh, pad_batch, replicated, shard_batch
+from pikagen_jax.training.jitted_step import make_jitted_step
+from pikagen_jax.training.mesh import Mesh, pad_batch, shard_batch
 
 Batch = dict[str, jax.Array]
 # (images [B, 224, 224, 3] CLIP-normalised, token_ids [B, T]) -> (image_emb [B, E], text_emb [B, E]);
@@ -57,6 +58,14 @@ def l1_step(state: L1State, batch: Batch, config: ml_collections.ConfigDict,
             "param_norm": optax.tree.norm(nnx.state(state.model, nnx.Param)), "skipped": skipped.astype(jnp.int32)}
 
 
+@jax.jit
+def _accumulate(sums: dict[str, jax.Array], count: jax.Array, metrics: dict[str, jax.Array], skipped: jax.Array
+                ) -> tuple[dict[str, jax.Array], jax.Array]:
+    keep = 1 - skipped.astype(jnp.int32)
+    new = {name: sums[name] + jnp.where(keep > 0, metrics[name], 0.0).astype(jnp.float32) for name in sums}
+    return new, count + keep
+
+
 class EpochMeans:
     """Device-side running sums of training metrics between two evaluations (no host sync per step)."""
 
@@ -65,22 +74,28 @@ class EpochMeans:
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, Any] = {name: 0.0 for name in self.names}
-        self.count: Any = 0
+        self.sums: dict[str, Any] = {}
+        self.count: Any = None
 
     def add(self, metrics: dict[str, jax.Array]) -> None:
         """Adds one step's metrics; skipped (non-finite) steps are left out."""
-        keep = 1 - metrics.get("skipped", 0)
-        for name in self.names:
-            if name in metrics:
-                self.sums[name] = self.sums[name] + jnp.where(keep > 0, metrics[name], 0.0)
-        self.count = self.count + keep
+        present = {name: metrics[name] for name in self.names if name in metrics}
+        if not present:
+            return
+        like = next(iter(present.values()))
+        # Zeros of one dtype and placed like the metrics: every add has one signature and compiles once.
+        zero = lambda dtype: jax.device_put(np.zeros((), dtype), like.sharding)  # noqa: E731
+        skipped = metrics["skipped"] if "skipped" in metrics else zero(np.int32)
+        count = self.count if self.count is not None else zero(np.int32)
+        sums = {name: self.sums[name] if name in self.sums else zero(np.float32) for name in present}
+        sums, self.count = _accumulate(sums, count, present, skipped)
+        self.sums.update(sums)
 
     def means(self) -> dict[str, float]:
         """{name: mean over the counted steps} on the host (NaN when no step was counted); then resets."""
-        count = float(jax.device_get(self.count))
-        out = {name: float(jax.device_get(total)) / count if count else float("nan")
-               for name, total in self.sums.items()}
+        count = float(jax.device_get(self.count)) if self.count is not None else 0.0
+        out = {name: float(jax.device_get(self.sums[name])) / count if count and name in self.sums else float("nan")
+               for name in self.names}
         self.reset()
         return out
 
@@ -89,26 +104,18 @@ def make_train_step(state: L1State, config: ml_collections.ConfigDict, mesh: Mes
                     clip_embed: ClipEmbedFn | None = None,
                     epoch_means: EpochMeans | None = None) -> Callable[[Batch, int], dict[str, jax.Array]]:
     """A host callable `(sharded batch, step) -> metrics` running the jitted step on the replicated,
-    donated state and writing the new state back into `state`; metrics are also added to `epoch_means`."""
-    graphdef, _ = nnx.split(state)
-
-    def _step(variables: Any, batch: Batch):
-        model = nnx.merge(graphdef, variables)
-        metrics = l1_step(model, batch, config, clip_embed)
-        return nnx.state(model), metrics
-
-    jitted = jax.jit(_step, donate_argnums=(0,), out_shardings=replicated(mesh))
+    donated state and writing the new state back into `state`; metrics are also added to `epoch_means`.
+    Randomness comes from the model's checkpointed rng streams, not from the step number."""
+    jitted_step = make_jitted_step(state, lambda model, batch, step: l1_step(model, batch, config, clip_embed), mesh,
+                                   batch_keys=("image", "token_ids", "attention_mask"))
 
     def train_step(batch: Batch, step: int) -> dict[str, jax.Array]:
-        del step  # randomness comes from the model's checkpointed rng streams
-        variables, metrics = jitted(nnx.state(state), {k: batch[k] for k in ("image", "token_ids",
-                                                                               "attention_mask")})
-        nnx.update(state, variables)
+        metrics = jitted_step(batch, step)
         if epoch_means is not None:
             epoch_means.add(metrics)
         return metrics
 
-    train_step.jitted = jitted  # for compile-count checks and cost analysis
+    train_step.jitted = jitted_step.jitted  # for compile-count checks and cost analysis
     return train_step
 
 

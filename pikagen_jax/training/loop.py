@@ -22,6 +22,7 @@ from absl import logging
 
 from pikagen_jax.data.pipeline import make_train_loader
 from pikagen_jax.training import checkpointing, guards
+from pikagen_jax.training.compile_watch import CompileCounter
 from pikagen_jax.training import logging as train_logging
 from pikagen_jax.training.mesh import Mesh, replicate_nodes, shard_batch
 
@@ -37,6 +38,8 @@ class TrainResult:
     last_metrics: dict[str, float]
     seconds: float
     steps_per_second: float
+    first_step_compiles: int = 0  # XLA compilations inside the first train_step call of this process
+    recompiles: int = 0  # compilations inside later train_step calls (0 unless shapes/dtypes changed)
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh: Mesh,
@@ -71,11 +74,18 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
     skipped_since_log = 0  # device scalar: updates rejected as non-finite since the last log line
     started = time.perf_counter()
     done = start_step
+    first_compiles, later_compiles = CompileCounter(), CompileCounter()
     try:
         for step in range(start_step, num_steps):
+            counter = first_compiles if step == start_step else later_compiles
             with jax.profiler.StepTraceAnnotation("train", step_num=step):
                 batch = shard_batch(next(iterator), mesh)
-                metrics = dict(train_step(batch, step))
+                seen = later_compiles.count
+                with counter:
+                    metrics = dict(train_step(batch, step))
+            if later_compiles.count > seen:
+                logging.warning("the train step compiled again at step %d (%d recompilation(s) so far): a batch "
+                                "shape or dtype changed", step + 1, later_compiles.count)
             done = step + 1
             if "skipped" in metrics:
                 skipped_since_log = skipped_since_log + metrics.pop("skipped")
@@ -108,8 +118,12 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
         writer.flush()
     seconds = time.perf_counter() - started
     steps = max(num_steps - start_step, 0)
+    if steps:
+        logging.info("train step: %d XLA compilation(s) in its first call, %d recompilation(s) after",
+                     first_compiles.count, later_compiles.count)
     return TrainResult(final_step=max(num_steps, start_step), start_step=start_step, last_metrics=last,
-                       seconds=seconds, steps_per_second=steps / seconds if seconds > 0 else 0.0)
+                       seconds=seconds, steps_per_second=steps / seconds if seconds > 0 else 0.0,
+                       first_step_compiles=first_compiles.count, recompiles=later_compiles.count)
 
 
 def _check_step_health(host: dict[str, float], step: int, policy: str) -> None:

@@ -64,8 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "clip_weight": 1.0,  # lambda of L1 + lambda * CLIP
     })
     config.clip = ml_collections.ConfigDict({
-        # Hugging Face CLIP checkpoint (local directory, or hub name with internet access), run with PyTorch.
-        # Needed by the CLIP losses; when set, the final evaluation also reports the CLIP score.
+        # Hugging Face CLIPModel checkpoint (local directory, or hub name with internet access), run by our JAX
+        # CLIP inside the train step. Needed by the CLIP losses; when set, the final evaluation also reports the
+        # CLIP score.
         # No CLIP weights exist offline: e.g. openai/clip-vit-base-patch32 on a machine with internet.
         "checkpoint": "",
     })

@@ -214,10 +214,12 @@ def compare_features(features: np.ndarray, reference: ReferenceStats, settings: 
 
 def clip_scores(clip, images: np.ndarray, captions: Sequence[str], batch_size: int = 50) -> dict[str, float]:
     """Mean CLIP image-caption cosine (seed 000's CLIP score) and torchmetrics' CLIPScore
-    100 * mean(max(cos, 0)) (seed 002's)."""
+    max(100 * mean(cos), 0) (seed 002's); `clip` is a `pikagen_jax.metrics.clip_score.ClipScorer`."""
+    from pikagen_jax.metrics.clip_score import torchmetrics_clip_score
+
     cosines = np.concatenate([clip.score(images[i:i + batch_size], list(captions[i:i + batch_size]))
                               for i in range(0, len(images), batch_size)])
-    return {"clip_score": float(100.0 * np.maximum(cosines, 0.0).mean()), "clip_cosine": float(cosines.mean())}
+    return {"clip_score": torchmetrics_clip_score(cosines), "clip_cosine": float(cosines.mean())}
 
 
 def evaluate_images(inception: InceptionV3, images: np.ndarray, reference: ReferenceStats, *, reference_image_size: int,
@@ -289,9 +291,9 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
     inception = load_inception(inception_source)
     clip = None
     if clip_checkpoint:
-        from pikagen_jax.l1.clip_guide import TorchClip
+        from pikagen_jax.metrics.clip_score import ClipScorer
 
-        clip = TorchClip(clip_checkpoint)
+        clip = ClipScorer.from_pretrained(clip_checkpoint)
     report = {"workdir": str(workdir), "system": config.system, "step": resolved_step,
               "checkpoint": "best" if best else ("step" if step is not None else "latest"),
               "dataset": config.data.dataset, "image_size": config.data.image_size,

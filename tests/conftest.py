@@ -67,6 +67,35 @@ def small_data(tmp_path_factory) -> dict:
     }
 
 
+def skip_if_triton_would_crash() -> None:
+    """transformers' CLIP imports triton, which segfaults when TensorFlow (CLU's writer) is already loaded."""
+    import importlib.util
+    import sys
+
+    if "tensorflow" in sys.modules and "triton" not in sys.modules and importlib.util.find_spec("triton"):
+        pytest.skip("importing triton after TensorFlow segfaults on this stack; run this file on its own")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A random tiny Hugging Face CLIPModel saved by transformers (CLIP's 49408-token vocabulary, so the
+    project's BPE tokenizer fits; 32 px images, 8 px patches; projection 8)."""
+    skip_if_triton_would_crash()
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                       "num_hidden_layers": 1, "num_attention_heads": 2},
+        projection_dim=8)
+    path = tmp_path_factory.mktemp("tiny_clip")
+    transformers.CLIPModel(config).save_pretrained(path)
+    return path
+
+
 def pytest_configure(config):
     # Tests create many small random-init modules; the non-partitionable threefry compiles each new
     # shape ~6x faster on CPU. (Training keeps JAX's default.)

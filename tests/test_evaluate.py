@@ -62,49 +62,9 @@ def gan_workdir(small_data, tmp_path_factory):
     return workdir, config, state
 
 
-def _skip_if_triton_would_crash() -> None:
-    """transformers' CLIP imports triton, which segfaults when TensorFlow (CLU's writer) is already loaded."""
-    import importlib.util
-    import sys
-
-    if "tensorflow" in sys.modules and "triton" not in sys.modules and importlib.util.find_spec("triton"):
-        pytest.skip("importing triton after TensorFlow segfaults on this stack; run this file on its own")
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    """A random tiny Hugging Face CLIPModel (CLIP's 49408-token vocabulary, 32 px images) saved locally."""
-    pytest.importorskip("pikagen_jax.l1.clip_guide")
-    _skip_if_triton_would_crash()
-    transformers = pytest.importorskip("transformers")
-    import torch
-
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 77},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
-                       "num_hidden_layers": 1, "num_attention_heads": 2},
-        projection_dim=8)
-    path = tmp_path_factory.mktemp("tiny_clip")
-    transformers.CLIPModel(config).save_pretrained(path)
-    return path
-
-
-# The CLIP tests come first: they must import triton before anything imports TensorFlow.
-def test_clip_scores_match_per_example_cosines(tiny_clip_dir):
-    from pikagen_jax.l1.clip_guide import TorchClip
-
-    clip = TorchClip(str(tiny_clip_dir))
-    images = np.random.default_rng(0).uniform(-1, 1, (5, 32, 32, 3)).astype(np.float32)
-    captions = ["a red bird", "a blue turtle", "a green seed", "a yellow mouse", "a pink blob"]
-    cosines = clip.score(images, captions)
-    scores = evaluate.clip_scores(clip, images, captions, batch_size=2)  # batching must not change them
-    assert scores["clip_cosine"] == pytest.approx(cosines.mean(), abs=1e-6)
-    assert scores["clip_score"] == pytest.approx(100 * np.maximum(cosines, 0).mean(), abs=1e-4)
-
-
-def test_evaluate_run_with_clip_checkpoint(gan_workdir, tiny_clip_dir):
+# The CLIP test comes first: its checkpoint (conftest's `tiny_clip_dir`, saved by transformers) must import
+# triton before anything imports TensorFlow. The CLIP score's parity with torchmetrics is in test_clip_vision.py.
+def test_evaluate_run_with_clip_checkpoint(tiny_clip_dir, gan_workdir):
     report = evaluate.evaluate_run(gan_workdir[0], splits=["test"], clip_checkpoint=str(tiny_clip_dir),
                                    settings=evaluate.MetricSettings(kid_subsets=5, batch_size=BATCH), write=False)
     results = report["results"]["test"]

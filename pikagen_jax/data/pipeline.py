@@ -1,7 +1,9 @@
 """Grain input pipeline over the `pokemon_sprites` ArrayRecord shards.
 
 Training batches are dicts of numpy arrays: `image` float32 [B, S, S, 3] in [-1, 1], `token_ids` and
-`attention_mask` int32 [B, T], `national_number` int32 [B]. Each host reads its own shard of the records
+`attention_mask` int32 [B, T], `national_number` int32 [B]; with `text.clip_max_length` > 0 (set by trainers
+whose loss embeds captions with CLIP) also `clip_token_ids` / `clip_attention_mask` int32 [B, L], the same
+caption in CLIP's BPE. Each host reads its own shard of the records
 (`jax.process_index()`), and the iterator state can be saved and restored with checkpoints.
 """
 
@@ -84,8 +86,9 @@ class TrainTransform(grain.transforms.RandomMap):
     """Decode, augment, resize, sample a caption and tokenize one record (training)."""
 
     def __init__(self, image_size: int, tokenizer: Tokenizer, captions: CaptionPolicy,
-                 aug: ml_collections.ConfigDict):
+                 aug: ml_collections.ConfigDict, clip_tokenizer: Tokenizer | None = None):
         self.image_size, self.tokenizer, self.captions, self.aug = image_size, tokenizer, captions, aug
+        self.clip_tokenizer = clip_tokenizer
 
     def random_map(self, record: dict, rng: np.random.Generator) -> dict:
         image = augment.decode_png(record["image"])
@@ -100,9 +103,14 @@ class TrainTransform(grain.transforms.RandomMap):
         if self.aug.color_jitter:
             pixels = augment.color_jitter_on_white(pixels, rng, self.aug.brightness, self.aug.contrast,
                                                    self.aug.saturation)
-        ids, mask = self.tokenizer([self.captions.choose(record, rng)])
-        return {"image": pixels, "token_ids": ids[0], "attention_mask": mask[0],
-                "national_number": np.int32(record["national_number"])}
+        caption = self.captions.choose(record, rng)
+        ids, mask = self.tokenizer([caption])
+        out = {"image": pixels, "token_ids": ids[0], "attention_mask": mask[0],
+               "national_number": np.int32(record["national_number"])}
+        if self.clip_tokenizer is not None:
+            clip_ids, clip_mask = self.clip_tokenizer([caption])
+            out.update(clip_token_ids=clip_ids[0], clip_attention_mask=clip_mask[0])
+        return out
 
 
 class EvalTransform(grain.transforms.Map):
@@ -123,6 +131,13 @@ class EvalTransform(grain.transforms.Map):
 def tokenizer_from_config(config: ml_collections.ConfigDict) -> Tokenizer:
     """The tokenizer named by config.text (kind, optional local path, max length)."""
     return make_tokenizer(config.text.tokenizer, config.text.tokenizer_path or None, config.text.max_length)
+
+
+def clip_tokenizer_from_config(config: ml_collections.ConfigDict) -> Tokenizer | None:
+    """CLIP's BPE tokenizer (open-clip-torch's vocabulary) padded to `text.clip_max_length`, or None when
+    that is absent or 0: the second tokenization of each training caption, for CLIP losses."""
+    length = int(config.text.get("clip_max_length", 0))
+    return make_tokenizer("clip", None, length) if length > 0 else None
 
 
 def _host_batch_size(global_batch: int) -> int:
@@ -152,7 +167,8 @@ def make_train_loader(config: ml_collections.ConfigDict, *, seed: int | None = N
         _ensure_absl_flags_parsed()
     source = open_split(data.data_dir, data.dataset, data.train_split)
     transform = TrainTransform(data.image_size, tokenizer_from_config(config),
-                               CaptionPolicy(**data.captions.to_dict()), data.augment)
+                               CaptionPolicy(**data.captions.to_dict()), data.augment,
+                               clip_tokenizer=clip_tokenizer_from_config(config))
     sampler = grain.samplers.IndexSampler(
         num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
         shuffle=True, num_epochs=None, seed=int(config.seed if seed is None else seed))

@@ -97,13 +97,21 @@ def check_text_fits_model(config: ml_collections.ConfigDict, model: L1Model) -> 
 
 
 class L1State(nnx.Module):
-    """The model and its optimizer. The model stays in train mode; evaluation passes `deterministic=True`."""
+    """The model, its optimizer and, for the CLIP losses, the frozen CLIP model the loss runs (not trained,
+    not checkpointed). The model stays in train mode; evaluation passes `deterministic=True`."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs, clip: nnx.Module | None = None):
+        """`clip`: a loaded `pikagen_jax.models.clip.CLIPModel`; the CLIP losses load `clip.checkpoint`
+        when it is not given."""
         self.model = L1Model(model_config(config), dtype=compute_dtype(config), rngs=rngs)
         check_text_fits_model(config, self.model)
         self.trainable = trainable_filter(config)
         self.optimizer = nnx.Optimizer(self.model, make_optimizer(config.optim), wrt=self.trainable)
+        if loss_needs_clip(config) and clip is None:
+            from pikagen_jax.models.clip import CLIPModel
+
+            clip = CLIPModel.from_pretrained(config.clip.checkpoint, dtype=compute_dtype(config))
+        self.clip = clip if loss_needs_clip(config) else None
 
     def checkpoint_items(self) -> dict:
         """The named nodes saved in checkpoints."""

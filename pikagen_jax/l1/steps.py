@@ -3,6 +3,10 @@
     train:  loss = L1(model(text), image)  |  CLIP(model(text), text)  |  L1 + λ·CLIP;  Adam + weight decay
     eval:   per-example L1 of model(text, z) in eval mode (dropout off, BatchNorm running statistics)
 
+The CLIP loss runs the frozen JAX CLIP model held by the state (`L1State.clip`) inside the jitted step:
+1 − cos(CLIP image embedding of the prediction, CLIP text embedding of the caption), the caption arriving
+in CLIP's BPE as `clip_token_ids` / `clip_attention_mask` (see `pikagen_jax.data.pipeline`); gradients
+flow through CLIP's vision tower and preprocessing into the model, CLIP's weights are not trained.
 Dropout, the BERT-output noise and the latent z draw from the model's own rng streams, which are part of the
 checkpointed state, so a resumed run draws the same numbers. A step whose loss or gradients are not finite
 leaves the parameters and optimizer state unchanged (`skipped`=1).
@@ -20,40 +24,42 @@ import optax
 from flax import nnx
 
 from pikagen_jax.l1.state import L1State, loss_needs_clip
-from pikagen_jax.losses.l1_clip import clip_image_preprocess, clip_loss, l1_loss
+from pikagen_jax.losses.l1_clip import clip_loss, l1_loss
 from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_state
 from pikagen_jax.training.jitted_step import make_jitted_step
 from pikagen_jax.training.mesh import Mesh, pad_batch, shard_batch
 
 Batch = dict[str, jax.Array]
-# (images [B, 224, 224, 3] CLIP-normalised, token_ids [B, T]) -> (image_emb [B, E], text_emb [B, E]);
-# differentiable in the images. See pikagen_jax.l1.clip_guide.
-ClipEmbedFn = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+BATCH_KEYS = ("image", "token_ids", "attention_mask")
+CLIP_BATCH_KEYS = ("clip_token_ids", "clip_attention_mask")
 
 
-def l1_step(state: L1State, batch: Batch, config: ml_collections.ConfigDict,
-            clip_embed: ClipEmbedFn | None = None) -> dict[str, jax.Array]:
-    """Updates `state` in place for one batch; returns scalar metrics (`loss`, `l1`, norms, `skipped`)."""
+def l1_step(state: L1State, batch: Batch, config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+    """Updates `state` in place for one batch; returns scalar metrics (`loss`, `l1`, `clip_loss`, norms,
+    `skipped`). The CLIP losses need `state.clip` and the batch's `clip_token_ids` / `clip_attention_mask`."""
     images, ids, mask = batch["image"], batch["token_ids"], batch["attention_mask"]
     kind, weight = config.loss.kind, config.loss.clip_weight
-    if loss_needs_clip(config) and clip_embed is None:
-        raise ValueError(f"loss.kind={kind!r} needs a CLIP embedding function (set clip.checkpoint)")
-    old = snapshot_state(state)
+    text_emb = None
+    if loss_needs_clip(config):
+        if state.clip is None or any(key not in batch for key in CLIP_BATCH_KEYS):
+            raise ValueError(f"loss.kind={kind!r} needs the state's CLIP model (clip.checkpoint) and batches with "
+                             f"{' and '.join(CLIP_BATCH_KEYS)} (text.clip_max_length > 0)")
+        text_emb = jax.lax.stop_gradient(state.clip.text_embeds(batch["clip_token_ids"], batch["clip_attention_mask"]))
+    old = snapshot_state(state.model, state.optimizer)  # the frozen CLIP is not updated
 
-    def loss_fn(model):
+    def loss_fn(model, clip):
         pred = model(ids, mask)
         parts = {"l1": l1_loss(pred, images)}
-        if loss_needs_clip(config):
-            image_emb, text_emb = clip_embed(clip_image_preprocess(pred), ids)
-            parts["clip_loss"] = clip_loss(image_emb, text_emb)
+        if text_emb is not None:
+            parts["clip_loss"] = clip_loss(clip.image_embeds(pred), text_emb)
         loss = {"l1": lambda: parts["l1"], "clip": lambda: parts["clip_loss"],
                 "l1+clip": lambda: parts["l1"] + weight * parts["clip_loss"]}[kind]()
         return loss, parts
 
     grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, state.trainable), has_aux=True)
-    (loss, parts), grads = grad_fn(state.model)
+    (loss, parts), grads = grad_fn(state.model, state.clip)
     state.optimizer.update(state.model, grads)
-    skipped = restore_nodes_if_nonfinite((loss, grads), old, state)
+    skipped = restore_nodes_if_nonfinite((loss, grads), old, state.model, state.optimizer)
     return {"loss": loss, **parts, "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(nnx.state(state.model, nnx.Param)), "skipped": skipped.astype(jnp.int32)}
 
@@ -101,13 +107,13 @@ class EpochMeans:
 
 
 def make_train_step(state: L1State, config: ml_collections.ConfigDict, mesh: Mesh,
-                    clip_embed: ClipEmbedFn | None = None,
                     epoch_means: EpochMeans | None = None) -> Callable[[Batch, int], dict[str, jax.Array]]:
     """A host callable `(sharded batch, step) -> metrics` running the jitted step on the replicated,
-    donated state and writing the new state back into `state`; metrics are also added to `epoch_means`.
-    Randomness comes from the model's checkpointed rng streams, not from the step number."""
-    jitted_step = make_jitted_step(state, lambda model, batch, step: l1_step(model, batch, config, clip_embed), mesh,
-                                   batch_keys=("image", "token_ids", "attention_mask"))
+    donated state (CLIP included) and writing the new state back into `state`; metrics are also added to
+    `epoch_means`. Randomness comes from the model's checkpointed rng streams, not from the step number."""
+    keys = BATCH_KEYS + (CLIP_BATCH_KEYS if loss_needs_clip(config) else ())
+    jitted_step = make_jitted_step(state, lambda model, batch, step: l1_step(model, batch, config), mesh,
+                                   batch_keys=keys)
 
     def train_step(batch: Batch, step: int) -> dict[str, jax.Array]:
         metrics = jitted_step(batch, step)

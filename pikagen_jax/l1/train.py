@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 
 from pikagen_jax import config_utils
-from pikagen_jax.data.pipeline import make_eval_loader, steps_per_epoch, tokenizer_from_config
+from pikagen_jax.data.pipeline import make_eval_loader, steps_per_epoch
 from pikagen_jax.l1 import report
 from pikagen_jax.l1.state import L1State, loss_needs_clip, validate_config
 from pikagen_jax.l1.steps import EpochMeans, Predictor, make_train_step
@@ -36,7 +36,7 @@ from pikagen_jax.models.l1_model import parameter_count
 from pikagen_jax.training import checkpointing
 from pikagen_jax.training.logging import create_writer
 from pikagen_jax.training.loop import TrainResult, run_training
-from pikagen_jax.training.mesh import Mesh, make_mesh
+from pikagen_jax.training.mesh import Mesh, make_mesh, replicate_nodes
 
 RESULTS_FILE = "results.json"
 CURVE_SERIES = {"train_l1_epoch": "train L1 (training mode)", "val_l1": "validation L1"}
@@ -116,11 +116,25 @@ class SplitEvaluator:
 
 
 def _load_clip(config: ml_collections.ConfigDict):
+    """A ClipScorer of `clip.checkpoint` (JAX CLIP model + BPE tokenizer), or None without a checkpoint."""
     if not config.clip.checkpoint:
         return None
-    from pikagen_jax.l1.clip_guide import TorchClip
+    from pikagen_jax.gan.state import compute_dtype
+    from pikagen_jax.metrics.clip_score import ClipScorer
+    from pikagen_jax.models.clip import CLIPModel
 
-    return TorchClip(config.clip.checkpoint)
+    return ClipScorer(CLIPModel.from_pretrained(config.clip.checkpoint, dtype=compute_dtype(config)))
+
+
+def with_clip_tokens(config: ml_collections.ConfigDict, clip_model: nnx.Module | None) -> ml_collections.ConfigDict:
+    """For the CLIP losses, a copy of `config` whose training batches also carry each caption in CLIP's BPE
+    (`text.clip_max_length` = the CLIPModel's text length); otherwise `config` itself."""
+    if clip_model is None or not loss_needs_clip(config):
+        return config
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.text.clip_max_length = clip_model.max_text_length
+    return config
 
 
 def final_evaluation(config: ml_collections.ConfigDict, workdir: Path, state: L1State, evaluator: SplitEvaluator,
@@ -165,13 +179,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     logging.info("%d steps per epoch, %d steps (%g epochs); validation every %d steps", per_epoch,
                  config.train.num_steps, config.train.num_steps / per_epoch, config.eval.every_steps)
     mesh = make_mesh()
-    state = L1State(config, rngs=nnx.Rngs(config.seed))
+    clip = _load_clip(config)
+    config = with_clip_tokens(config, clip.model if clip is not None else None)
+    state = L1State(config, rngs=nnx.Rngs(config.seed), clip=clip.model if clip is not None else None)
+    if state.clip is not None:
+        replicate_nodes(mesh, state.clip)  # run_training replicates the checkpointed nodes only
     logging.info("parameters: %d (BERT stage %d)", parameter_count(state.model),
                  parameter_count(state.model.encoder.bert))
-    clip = _load_clip(config)
-    clip_embed = clip.embed_fn(tokenizer_from_config(config)) if clip is not None and loss_needs_clip(config) else None
     epoch_means = EpochMeans(("loss", "l1", "clip_loss") if loss_needs_clip(config) else ("loss", "l1"))
-    train_step = make_train_step(state, config, mesh, clip_embed, epoch_means)
+    train_step = make_train_step(state, config, mesh, epoch_means)
     evaluator = SplitEvaluator(state.model, config, mesh, clip)
     history = report.CurveHistory(workdir / "learning_curves.json")
     series = dict(CURVE_SERIES, **({"train_loss_epoch": f"train loss ({config.loss.kind})"}

@@ -19,7 +19,7 @@ from flax import nnx
 from pikagen_jax.models import hf_weights
 
 Array = jax.Array
-ParamMap = dict[str, tuple[tuple[Any, ...], bool]]
+ParamMap = dict[str, tuple[tuple[Any, ...], hf_weights.Layout]]
 
 _ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf GELU, as in BERT

@@ -22,7 +22,7 @@ LEGACY_EOS_TOKEN_ID = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPTextConfig:
+class CLIPTextConfig(hf_weights.ConfigFromJson):
     """Architecture of a CLIP text tower; defaults are ViT-B/32's and transformers 5's."""
 
     vocab_size: int = 49408
@@ -48,18 +48,7 @@ class CLIPTextConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "CLIPTextConfig":
         """From a text config dict, or a full CLIPConfig dict (its `text_config` and `projection_dim`)."""
-        if "text_config" in values:
-            text = dict(values["text_config"] or {})
-            if values.get("projection_dim") is not None:
-                text["projection_dim"] = values["projection_dim"]
-            values = text
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> "CLIPTextConfig":
-        """Reads a Hugging Face CLIP (text) config.json, a file or a directory holding one."""
-        return cls.from_dict(hf_weights.read_config(path))
+        return tower_config(cls, values, "text_config")
 
     @classmethod
     def vit_b32(cls) -> "CLIPTextConfig":
@@ -74,10 +63,25 @@ class CLIPTextConfig:
                    pad_token_id=1, bos_token_id=97, eos_token_id=98)
 
 
-class CLIPLayer(nnx.Module):
-    """Pre-LayerNorm transformer block with QuickGELU MLP."""
+def tower_config(cls: type, values: dict[str, Any], tower: str) -> Any:
+    """A tower config dataclass `cls` from its own config dict, or from a full CLIPConfig dict (its
+    `tower` sub-dict, e.g. 'text_config', and the model's `projection_dim`). Unknown keys are dropped."""
+    if tower in values:
+        own = dict(values[tower] or {})
+        if values.get("projection_dim") is not None:
+            own["projection_dim"] = values["projection_dim"]
+        values = own
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
-    def __init__(self, config: CLIPTextConfig, *, dtype, rngs: nnx.Rngs):
+
+class CLIPLayer(nnx.Module):
+    """Pre-LayerNorm transformer block with QuickGELU MLP (text and vision towers alike).
+
+    `config` is a tower config: hidden_size, intermediate_size, num_attention_heads, attention_dropout,
+    hidden_act and layer_norm_eps are read."""
+
+    def __init__(self, config: Any, *, dtype, rngs: nnx.Rngs):
         width, eps = config.hidden_size, config.layer_norm_eps
         self.layer_norm1 = layer_norm(width, eps, dtype=dtype, rngs=rngs)
         self.attention = SelfAttention(width, config.num_attention_heads, dropout_rate=config.attention_dropout,
@@ -150,43 +154,70 @@ class CLIPTextModel(nnx.Module):
         """Builds the text tower from a Hugging Face CLIP checkpoint (CLIPModel, CLIPTextModel or
         CLIPTextModelWithProjection; local directory or hub name). `with_projection=None` uses the
         checkpoint's text_projection when it has one. Vision-tower tensors are ignored."""
-        directory = hf_weights.resolve_checkpoint(name_or_path)
-        config = CLIPTextConfig.from_json(directory)
-        state = hf_weights.load_state_dict(directory)
-        if with_projection is None:
-            with_projection = "text_projection.weight" in state
-        model = cls(config, with_projection=with_projection, dtype=dtype, rngs=rngs or nnx.Rngs(0))
+        return load_tower(cls, CLIPTextConfig, name_or_path, "text_projection.weight", with_projection=with_projection,
+                          dtype=dtype, rngs=rngs, strict=strict)
+
+    def load_hf_state(self, state: dict[str, Any], *, strict: bool = True,
+                      source: str | Path = "checkpoint") -> hf_weights.LoadReport:
+        """Copies this tower's tensors from a Hugging Face CLIP state dict (other towers' are ignored)."""
+        with_projection = self.text_projection is not None
         ignore = CLIP_IGNORED_KEYS + (() if with_projection else (r"^text_projection\.",))
-        hf_weights.load_params(model, state, hf_param_map(config, with_projection=with_projection),
-                               prefixes=("text_model.",), ignore=ignore, strict=strict, source=directory)
-        return model
+        return hf_weights.load_params(self, state, hf_param_map(self.config, with_projection=with_projection),
+                                      prefixes=("text_model.",), ignore=ignore, strict=strict, source=source)
+
+
+def load_tower(cls: type, config_cls: type, name_or_path: str | Path, projection_key: str, *,
+               with_projection: bool | None, dtype, rngs: nnx.Rngs | None, strict: bool) -> Any:
+    """A CLIP tower `cls` (with `load_hf_state`) from a Hugging Face checkpoint; `with_projection=None` means
+    "when the checkpoint has `projection_key`". Built from shapes only when `strict` (all weights loaded)."""
+    directory = hf_weights.resolve_checkpoint(name_or_path)
+    config = config_cls.from_json(directory)
+    state = hf_weights.load_state_dict(directory)
+    if with_projection is None:
+        with_projection = projection_key in state
+    make = lambda: cls(config, with_projection=with_projection, dtype=dtype, rngs=rngs or nnx.Rngs(0))  # noqa: E731
+    model = hf_weights.abstract_model(make) if strict else make()
+    model.load_hf_state(state, strict=strict, source=directory)
+    hf_weights.check_loaded(model, directory)
+    return model
 
 
 # Checkpoint entries that are not part of the text tower.
 CLIP_IGNORED_KEYS = (r"position_ids$", r"^vision_model\.", r"^visual_projection\.", r"^logit_scale$")
 
 
+def linear_map(hf: str, path: tuple) -> ParamMap:
+    """The weight (transposed) and bias of a Hugging Face nn.Linear named `hf` -> nnx.Linear at `path`."""
+    return {f"{hf}.weight": (path + ("kernel",), True), f"{hf}.bias": (path + ("bias",), False)}
+
+
+def norm_map(hf: str, path: tuple) -> ParamMap:
+    """A Hugging Face nn.LayerNorm named `hf` -> nnx.LayerNorm at `path`."""
+    return {f"{hf}.weight": (path + ("scale",), False), f"{hf}.bias": (path + ("bias",), False)}
+
+
+def encoder_param_map(num_layers: int) -> ParamMap:
+    """`encoder.layers.{i}.*` of a CLIP tower (CLIPEncoderLayer) -> our `layers[i]` (CLIPLayer)."""
+    mapping: ParamMap = {}
+    for i in range(num_layers):
+        hf, ours = f"encoder.layers.{i}", ("layers", i)
+        for hf_name, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out")):
+            mapping |= linear_map(f"{hf}.self_attn.{hf_name}", ours + ("attention", name))
+        mapping |= norm_map(f"{hf}.layer_norm1", ours + ("layer_norm1",))
+        mapping |= norm_map(f"{hf}.layer_norm2", ours + ("layer_norm2",))
+        mapping |= linear_map(f"{hf}.mlp.fc1", ours + ("fc1",))
+        mapping |= linear_map(f"{hf}.mlp.fc2", ours + ("fc2",))
+    return mapping
+
+
 def hf_param_map(config: CLIPTextConfig, *, with_projection: bool) -> ParamMap:
     """Hugging Face parameter name (without `text_model.`) -> (NNX path, transpose?)."""
-    def linear(hf: str, path: tuple) -> ParamMap:
-        return {f"{hf}.weight": (path + ("kernel",), True), f"{hf}.bias": (path + ("bias",), False)}
-
-    def norm(hf: str, path: tuple) -> ParamMap:
-        return {f"{hf}.weight": (path + ("scale",), False), f"{hf}.bias": (path + ("bias",), False)}
-
     mapping: ParamMap = {
         "embeddings.token_embedding.weight": (("token_embedding", "embedding"), False),
         "embeddings.position_embedding.weight": (("position_embedding", "embedding"), False),
     }
-    for i in range(config.num_hidden_layers):
-        hf, ours = f"encoder.layers.{i}", ("layers", i)
-        for hf_name, name in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out")):
-            mapping |= linear(f"{hf}.self_attn.{hf_name}", ours + ("attention", name))
-        mapping |= norm(f"{hf}.layer_norm1", ours + ("layer_norm1",))
-        mapping |= norm(f"{hf}.layer_norm2", ours + ("layer_norm2",))
-        mapping |= linear(f"{hf}.mlp.fc1", ours + ("fc1",))
-        mapping |= linear(f"{hf}.mlp.fc2", ours + ("fc2",))
-    mapping |= norm("final_layer_norm", ("final_layer_norm",))
+    mapping |= encoder_param_map(config.num_hidden_layers)
+    mapping |= norm_map("final_layer_norm", ("final_layer_norm",))
     if with_projection:
         mapping["text_projection.weight"] = (("text_projection", "kernel"), True)
     return mapping

@@ -14,8 +14,9 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -26,6 +27,7 @@ CONFIG_NAME = "config.json"
 # Weight files in the order they are looked for.
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+M = TypeVar("M", bound=nnx.Module)
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -42,6 +44,15 @@ class LoadReport:
     ignored: tuple[str, ...]
     unexpected: tuple[str, ...]
     missing: tuple[str, ...]
+
+
+class ConfigFromJson:
+    """Mixin for config dataclasses that have `from_dict(values)`: adds `from_json(path)`."""
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Any:
+        """Reads a Hugging Face config.json (a file, or a directory holding one)."""
+        return cls.from_dict(read_config(path))
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
@@ -115,7 +126,11 @@ def _load_file(path: Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"weight shard {path} listed in the index is missing")
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError, OSError: a truncated or foreign file
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); the download may be "
+                                  f"incomplete: fetch the checkpoint again") from err
     return _load_torch_file(path)
 
 
@@ -125,7 +140,11 @@ def _load_torch_file(path: Path) -> dict[str, np.ndarray]:
                           f"convert the checkpoint to model.safetensors")
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError (not a zip archive), EOFError ...
+        raise CheckpointError(f"{path} is not a readable PyTorch state dict ({err}); the download may be "
+                              f"incomplete: fetch the checkpoint again") from err
     if not isinstance(state, Mapping):
         raise CheckpointError(f"{path} does not hold a state dict (found {type(state).__name__})")
     return {key: (t.float() if t.dtype == torch.bfloat16 else t).numpy() for key, t in state.items()
@@ -146,13 +165,35 @@ def model_params(model: nnx.Module) -> dict[tuple[Any, ...], nnx.Param]:
     return {path: node for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Param)}
 
 
+# How a checkpoint tensor is laid out relative to ours: False = as is, True = all axes reversed (a Linear's
+# [out, in] -> [in, out]), or a tuple of axes: ours = np.transpose(theirs, axes) (a Conv's OIHW -> HWIO).
+Layout = bool | tuple[int, ...]
+
+
+def _to_ours(array: np.ndarray, layout: Layout) -> np.ndarray:
+    if layout is True:
+        return array.T
+    return np.transpose(array, layout) if layout else array
+
+
+def _their_shape(shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:
+    if layout is True:
+        return tuple(reversed(shape))
+    if not layout:
+        return tuple(shape)
+    theirs = [0] * len(shape)
+    for ours_axis, their_axis in enumerate(layout):
+        theirs[their_axis] = shape[ours_axis]
+    return tuple(theirs)
+
+
 def load_params(model: nnx.Module, state_dict: Mapping[str, np.ndarray],
-                param_map: Mapping[str, tuple[tuple[Any, ...], bool]], *, prefixes: Iterable[str] = (),
+                param_map: Mapping[str, tuple[tuple[Any, ...], Layout]], *, prefixes: Iterable[str] = (),
                 ignore: Iterable[str] = (), strict: bool = True, source: str | os.PathLike = "checkpoint"
                 ) -> LoadReport:
     """Copies checkpoint tensors into `model` in place.
 
-    param_map: HF name -> (NNX path, transpose). Checkpoint names may carry one of `prefixes`; names
+    param_map: HF name -> (NNX path, Layout). Checkpoint names may carry one of `prefixes`; names
     matching an `ignore` regex are skipped. Shape mismatches always raise; missing or unexpected names
     raise when `strict` (otherwise they are logged and missing parameters keep their init).
     """
@@ -174,14 +215,15 @@ def load_params(model: nnx.Module, state_dict: Mapping[str, np.ndarray],
     params = model_params(model)
     mismatched, updates = [], []
     for canonical, (raw_key, array) in matched.items():
-        path, transpose = param_map[canonical]
+        path, layout = param_map[canonical]
         if path not in params:
             raise KeyError(f"parameter map names {path}, which {type(model).__name__} does not have")
         variable, array = params[path], np.asarray(array)
-        expected = tuple(reversed(variable.shape)) if transpose else tuple(variable.shape)  # in HF layout
+        expected = _their_shape(tuple(variable.shape), layout)  # in HF layout
         if tuple(array.shape) != expected:
             mismatched.append(f"  {raw_key}: checkpoint {tuple(array.shape)} vs model {expected}")
-        updates.append((variable, array.T if transpose else array))
+        else:
+            updates.append((variable, _to_ours(array, layout)))
     if mismatched:
         raise CheckpointError(f"{source}: {len(mismatched)} tensor shape(s) do not match the model built from "
                               f"config.json (wrong config for these weights?):\n" + "\n".join(mismatched[:20]))
@@ -195,10 +237,32 @@ def load_params(model: nnx.Module, state_dict: Mapping[str, np.ndarray],
                               "(strict=False loads what matches and keeps random init for the rest)")
     for problem in problems:
         log.warning("%s: %s", source, problem)
-    for variable, array in updates:
-        variable[...] = jnp.asarray(array, dtype=variable.get_value().dtype)
+    for variable, array in updates:  # set_value: also fills the abstract variables of `abstract_model`
+        variable.set_value(jnp.asarray(array, dtype=variable.get_value().dtype))
     return LoadReport(loaded=tuple(raw for raw, _ in matched.values()), ignored=tuple(ignored),
                       unexpected=tuple(unexpected), missing=tuple(missing))
+
+
+def abstract_model(make: Callable[[], M]) -> M:
+    """`make()` with shapes only (`nnx.eval_shape`): no random init of the weights a checkpoint overwrites
+    (seconds for a ViT-B). Its RNG streams (dropout) are made concrete, keyed from seed 0; every nnx.Param
+    must then be loaded with `load_params(strict=True)` and `check_loaded` confirms it."""
+    model = nnx.eval_shape(make)
+    for index, (_, variable) in enumerate(nnx.iter_graph(model)):
+        if isinstance(variable, nnx.RngKey):
+            variable.set_value(jax.random.fold_in(jax.random.key(0), index))
+        elif isinstance(variable, nnx.RngCount):
+            abstract = variable.get_value()
+            variable.set_value(jnp.zeros(abstract.shape, abstract.dtype))
+    return model
+
+
+def check_loaded(model: nnx.Module, source: str | os.PathLike = "checkpoint") -> None:
+    """Raises CheckpointError when a variable of an `abstract_model` was not loaded (still shapes only)."""
+    left = [".".join(map(str, path)) for path, variable in nnx.iter_graph(model)
+            if isinstance(variable, nnx.Variable) and isinstance(variable.get_value(), jax.ShapeDtypeStruct)]
+    if left:
+        raise CheckpointError(f"{source}: {len(left)} parameter(s) were not loaded: {_short(left)}")
 
 
 def _short(names: list[str], limit: int = 8) -> str:

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -267,3 +268,36 @@ def test_clip_preprocess_matches_hugging_face_processor():
     out = np.asarray(clip_image_preprocess(jnp.asarray(image / 127.5 - 1.0, jnp.float32)))
     # The processor rounds to 8 bits after resizing: one level is 1/255/0.26 ≈ 0.015 after normalisation.
     assert np.abs(out - expected).max() < 0.02 and np.abs(out - expected).mean() < 0.005
+
+
+# --- output prior (our improvement over the seed's tanh output) -------------------------------------------
+
+def test_output_prior_starts_at_the_prior_and_learns_a_clipped_residual():
+    config = dataclasses.replace(SMALL, output_prior="train_median", noise_std=0.0)
+    model = L1Model(config, rngs=_rngs(0))
+    prior = jax.random.uniform(jax.random.key(3), (36, 36, 3), minval=-1, maxval=1).at[:4].set(1.0)
+    model.decoder.set_output_prior(prior)
+    assert not any("output_prior" in ".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    model.eval()
+    np.testing.assert_allclose(_run(model), np.broadcast_to(prior, (2, 36, 36, 3)), atol=1e-6)  # zero-init residual
+
+    model.train()
+    target = jnp.broadcast_to(jnp.clip(prior - 0.4, -1, 1), (2, 36, 36, 3))  # a residual the decoder can learn
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: l1_loss(m(jnp.asarray(IDS), jnp.asarray(MASK), _z()), target))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
+    model.eval()
+    out = _run(model)
+    assert out.min() >= -1.0 and out.max() <= 1.0  # the forward pass clips to the image range
+    np.testing.assert_array_equal(np.asarray(model.decoder.output_prior[...]), np.asarray(prior))  # not trained
+    with pytest.raises(ValueError, match="output_prior"):
+        L1Model(SMALL, rngs=_rngs(0)).decoder.set_output_prior(prior)
+    with pytest.raises(ValueError, match="output_prior must be one of"):
+        dataclasses.replace(SMALL, output_prior="mean")

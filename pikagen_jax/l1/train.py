@@ -61,6 +61,13 @@ def resolve_schedule(config: ml_collections.ConfigDict) -> tuple[ml_collections.
     return config, per_epoch
 
 
+def median_train_image(config: ml_collections.ConfigDict) -> np.ndarray:
+    """Per-pixel median [S, S, 3] of the training split's sprites at `data.image_size` (no augmentation)."""
+    images = np.concatenate([np.asarray(batch["image"], np.float32)
+                             for batch in make_eval_loader(config, "train", batch_size=64)])
+    return np.median(images, axis=0)
+
+
 def eval_uses_enriched(config: ml_collections.ConfigDict) -> bool:
     """Whether evaluation captions are the enriched descriptions (`eval.caption`, 'auto' follows training)."""
     if config.eval.caption == "auto":
@@ -186,6 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         replicate_nodes(mesh, state.clip)  # run_training replicates the checkpointed nodes only
     logging.info("parameters: %d (BERT stage %d)", parameter_count(state.model),
                  parameter_count(state.model.encoder.bert))
+    if config.model.output_prior == "train_median":  # restored from the checkpoint when resuming
+        state.model.decoder.set_output_prior(median_train_image(config))
     epoch_means = EpochMeans(("loss", "l1", "clip_loss") if loss_needs_clip(config) else ("loss", "l1"))
     train_step = make_train_step(state, config, mesh, epoch_means)
     evaluator = SplitEvaluator(state.model, config, mesh, clip)

@@ -67,11 +67,13 @@ class TorchConvTranspose(nnx.Module):
     each side, `output_padding` given back at the end.
 
     Kernel [k, k, C_in, C_out]: a PyTorch weight [C_in, C_out, k, k] loads as w.transpose(2, 3, 0, 1).
-    Initialised with PyTorch's ConvTranspose2d fan-in (C_out·k²), normal instead of uniform.
+    Initialised with PyTorch's ConvTranspose2d fan-in (C_out·k²), normal instead of uniform, unless
+    `kernel_init` is given; `use_bias=False` leaves the bias out (as `bias=False` in PyTorch).
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int, stride: int, *, padding: int = 0,
-                 output_padding: int = 0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 output_padding: int = 0, use_bias: bool = True, kernel_init: Any = None,
+                 dtype: Any = jnp.float32, rngs: nnx.Rngs):
         if not 0 <= output_padding < stride:
             raise ValueError(f"output_padding must be in [0, stride={stride}), got {output_padding}")
         if padding < 0:
@@ -79,9 +81,9 @@ class TorchConvTranspose(nnx.Module):
         self.kernel_size, self.stride = kernel_size, stride
         self.padding, self.output_padding = padding, output_padding
         self.dtype = dtype
-        init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=-1, out_axis=-2)
+        init = kernel_init or nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=-1, out_axis=-2)
         self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
-        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
 
     def output_size(self, in_size: int) -> int:
         return torch_conv_transpose_size(in_size, self.kernel_size, self.stride, self.padding, self.output_padding)
@@ -114,7 +116,8 @@ class TorchConvTranspose(nnx.Module):
         extra_h, extra_w = max(p + out_h - y.shape[1], 0), max(p + out_w - y.shape[2], 0)
         if extra_h or extra_w:  # output_padding past the full output: no kernel tap reaches it
             y = jnp.pad(y, ((0, 0), (0, extra_h), (0, extra_w), (0, 0)))
-        return y[:, p:p + out_h, p:p + out_w] + self.bias[...].astype(self.dtype)
+        y = y[:, p:p + out_h, p:p + out_w]
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class DecoderStage(nnx.Module):
@@ -138,6 +141,10 @@ class DecoderStage(nnx.Module):
         return self.dropout(x + context[:, None, None, :], deterministic=deterministic)
 
 
+class OutputPrior(nnx.Variable):
+    """A fixed image the decoder adds its output to (not a Param: optimizers and weight decay skip it)."""
+
+
 class ImageGenerator(nnx.Module):
     """concat(c, z) -> Linear -> base×base×channels[0] -> len(channels) − 1 stages -> RGB image, tanh.
 
@@ -149,12 +156,14 @@ class ImageGenerator(nnx.Module):
       final_kernel: kernel of the final transposed conv (4).
       attention_dim, attention_heads, attention_dropout: the per-stage AttentionBlocks.
       dropout: after every stage.
+      output_prior: predict a residual on a fixed prior image (`set_output_prior`; not trained, checkpointed)
+        instead of tanh(x): image = clip(prior + x, −1, 1), with the last layer initialised to zero.
     """
 
     def __init__(self, context_dim: int, token_dim: int, z_dim: int, *, channels: Sequence[int] = (1024, 512, 256,
                  128, 64), base_size: int = 8, image_size: int = 215, final_kernel: int = 4,
                  attention_dim: int = 256, attention_heads: int = 4, attention_dropout: float = 0.0,
-                 dropout: float = 0.0, dtype: Any = jnp.float32, rngs: nnx.Rngs):
+                 dropout: float = 0.0, output_prior: bool = False, dtype: Any = jnp.float32, rngs: nnx.Rngs):
         channels = tuple(int(c) for c in channels)
         if len(channels) < 2:
             raise ValueError(f"decoder channels need a start width and at least one stage, got {channels}")
@@ -166,8 +175,19 @@ class ImageGenerator(nnx.Module):
             for c_in, c_out in zip(channels[:-1], channels[1:])])
         last_size = base_size * STAGE_STRIDE ** (len(channels) - 1)
         padding, output_padding = final_conv_padding(last_size, image_size, final_kernel, STAGE_STRIDE)
+        # With an output prior the last layer starts at zero, so the first prediction is the prior image.
+        zero_init = nnx.initializers.zeros_init() if output_prior else None
         self.to_rgb = TorchConvTranspose(channels[-1], 3, final_kernel, STAGE_STRIDE, padding=padding,
-                                         output_padding=output_padding, dtype=dtype, rngs=rngs)
+                                         output_padding=output_padding, kernel_init=zero_init, dtype=dtype, rngs=rngs)
+        self.output_prior = OutputPrior(jnp.zeros((image_size, image_size, 3), jnp.float32)) if output_prior else None
+
+    def set_output_prior(self, image: Array) -> None:
+        """Sets the prior image [S, S, 3] in [-1, 1] (e.g. the per-pixel median of the training sprites)."""
+        if self.output_prior is None:
+            raise ValueError("this decoder was built without an output prior (model.output_prior='none')")
+        if image.shape != self.output_prior.shape:
+            raise ValueError(f"prior image must have shape {self.output_prior.shape}, got {image.shape}")
+        self.output_prior[...] = jnp.clip(jnp.asarray(image, jnp.float32), -1.0, 1.0)
 
     def __call__(self, context: Array, z: Array, tokens: Array, attention_mask: Array, *,
                  deterministic: bool) -> Array:
@@ -176,4 +196,10 @@ class ImageGenerator(nnx.Module):
         h = h.reshape(h.shape[0], self.base_size, self.base_size, self.channels[0])
         for stage in self.stages:
             h = stage(h, tokens, attention_mask, deterministic=deterministic)
-        return jnp.tanh(self.to_rgb(h).astype(jnp.float32))
+        residual = self.to_rgb(h).astype(jnp.float32)
+        if self.output_prior is None:
+            return jnp.tanh(residual)
+        # prior + residual, clipped to [-1, 1] in the forward pass only (straight-through): no tanh, whose
+        # gradient would vanish on the prior's white background, and no zero gradient outside the range.
+        image = self.output_prior[...] + residual
+        return image + jax.lax.stop_gradient(jnp.clip(image, -1.0, 1.0) - image)

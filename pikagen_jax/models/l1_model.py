@@ -25,6 +25,7 @@ from pikagen_jax.models.l1_decoder import ImageGenerator
 from pikagen_jax.models.l1_encoder import AttentionBlock, TextEncoder
 
 Array = jax.Array
+OUTPUT_PRIORS = ("none", "train_median")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +40,8 @@ class L1ModelConfig:
     attention_dim: width of the attention blocks' queries and of the context vector c (the seed's
       decoder_dim). z_dim: noise width (the seed gives none; 100 as in DCGAN).
     decoder_channels: starting map width, then one entry per ×2 stage.
+    output_prior: 'none' (the seed: tanh output) or 'train_median': the decoder predicts a residual on the
+      per-pixel median of the training sprites (set by the trainer; see `ImageGenerator`).
     """
 
     bert_checkpoint: str = "bert_mini"
@@ -57,6 +60,7 @@ class L1ModelConfig:
     image_size: int = 215
     final_kernel: int = 4
     decoder_dropout: float = 0.3
+    output_prior: str = "none"
 
     def __post_init__(self):
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
@@ -67,6 +71,8 @@ class L1ModelConfig:
                      "image_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.output_prior not in OUTPUT_PRIORS:
+            raise ValueError(f"output_prior must be one of {OUTPUT_PRIORS}, got {self.output_prior!r}")
         if self.attention_dim % self.attention_heads:
             raise ValueError(f"attention_dim {self.attention_dim} is not divisible by attention_heads "
                              f"{self.attention_heads}")
@@ -110,7 +116,7 @@ class L1Model(nnx.Module):
                                       final_kernel=config.final_kernel, attention_dim=config.attention_dim,
                                       attention_heads=config.attention_heads,
                                       attention_dropout=config.attention_dropout, dropout=config.decoder_dropout,
-                                      dtype=dtype, rngs=rngs)
+                                      output_prior=config.output_prior != "none", dtype=dtype, rngs=rngs)
         self.latent_rngs = rngs["latent"].fork()
 
     def sample_z(self, batch_size: int) -> Array:

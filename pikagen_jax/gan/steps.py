@@ -9,7 +9,7 @@ losses or gradients are not finite leaves every parameter and optimizer state un
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +19,10 @@ from flax import nnx
 
 from pikagen_jax.gan.state import GanState
 from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp, mismatched_sentences
+from pikagen_jax.training.ema import ema_update, warmup_decay
 from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_state
-from pikagen_jax.training.mesh import Mesh, replicated
-
-
-def _ema_update(ema: nnx.Module, model: nnx.Module, decay: jax.Array | float) -> None:
-    new = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(e.dtype),
-                       nnx.state(ema, nnx.Param), nnx.state(model, nnx.Param))
-    nnx.update(ema, new)
+from pikagen_jax.training.jitted_step import make_jitted_step
+from pikagen_jax.training.mesh import Mesh
 
 
 def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
@@ -80,11 +76,9 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     state.opt_text.update(state.text_encoder, t_grads)
 
     skipped = restore_nodes_if_nonfinite((d_loss, g_loss, d_grads, g_grads, t_grads), old, state)
-    # EMA warm-up: early on the average follows the generator closely instead of staying near the random
-    # initialisation (decay 0.999 would keep 78 % of it after 250 steps).
-    decay = jnp.minimum(config.train.ema_decay, (1.0 + step) / (10.0 + step))
+    decay = warmup_decay(step, config.train.ema_decay)  # follows G closely early on
     decay = jnp.where(skipped, 1.0, decay)  # a skipped step leaves the EMA untouched too
-    _ema_update(state.ema_generator, state.generator, decay)
+    ema_update(state.ema_generator, state.generator, decay)
     return {
         "d_loss": d_loss, "g_loss": g_loss, **d_parts, **g_parts,
         "grad_norm_d": optax.global_norm(d_grads), "grad_norm_g": optax.global_norm(g_grads),
@@ -96,20 +90,4 @@ def make_train_step(state: GanState, config: ml_collections.ConfigDict, mesh: Me
                     ) -> Callable[[dict[str, jax.Array], int], dict[str, jax.Array]]:
     """A host callable `(sharded batch, step) -> metrics` that runs the jitted step and writes the new
     state back into `state`. The state is replicated over the mesh and donated (updated in place)."""
-    graphdef, _ = nnx.split(state)
-    rep = replicated(mesh)
-
-    def _step(variables: Any, batch: dict[str, jax.Array], step: jax.Array):
-        model = nnx.merge(graphdef, variables)
-        metrics = gan_step(model, batch, step, config)
-        return nnx.state(model), metrics
-
-    jitted = jax.jit(_step, donate_argnums=(0,), out_shardings=rep)
-
-    def train_step(batch: dict[str, jax.Array], step: int) -> dict[str, jax.Array]:
-        variables, metrics = jitted(nnx.state(state), batch, jnp.asarray(step, jnp.int32))
-        nnx.update(state, variables)
-        return metrics
-
-    train_step.jitted = jitted  # for compile-count checks and cost analysis
-    return train_step
+    return make_jitted_step(state, lambda model, batch, step: gan_step(model, batch, step, config), mesh)

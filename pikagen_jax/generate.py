@@ -1,11 +1,16 @@
-"""Generate sprites from text with a trained model.
+"""Generate sprites from text with a trained model of any system (gan, l1, diffusion, dcgan).
 
     python -m pikagen_jax.generate --workdir=workdirs/gan --prompt="A small blue turtle with a shell." \
         --num=8 --out=grid.png
     python -m pikagen_jax.generate --workdir=workdirs/gan --prompts_file=prompts.txt --num=4 --out_dir=samples/
+    python -m pikagen_jax.generate --workdir=workdirs/diffusion --prompt="A fiery lizard." --sampler=ddim \
+        --sampling_steps=50 --guidance_scale=3
+    python -m pikagen_jax.generate --workdir=workdirs/dcgan --num=32          # unconditional: no prompt
 
-Loads the config and the EMA generator + text encoder from the latest checkpoint (or `--best`, or
-`--step=N`). The same `--seed` gives the same images. One grid row per prompt.
+Loads the run's config and networks from the latest checkpoint (or `--best`, or `--step=N`) through
+`pikagen_jax.run_sampler.load_run_sampler`. The same `--seed` gives the same images. One grid row per prompt
+(unconditional DCGAN runs: rows of up to 8 images; prompts are ignored, with a note). `--sampler`,
+`--sampling_steps` and `--guidance_scale` apply to diffusion runs (default: the run's `config.sample`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+UNCONDITIONAL_COLUMNS = 8
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -23,87 +30,90 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
     p.add_argument("--prompt", action="append", default=[], help="a description; repeat for several")
     p.add_argument("--prompts_file", help="a text file with one description per line")
-    p.add_argument("--num", type=int, default=8, help="images per prompt")
+    p.add_argument("--num", type=int, default=8, help="images per prompt (unconditional runs: images in all)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same seed → same images)")
     p.add_argument("--out", default="generated.png", help="PNG grid to write (one row per prompt)")
     p.add_argument("--out_dir", help="also write every image as its own PNG here")
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument("--best", action="store_true", help="use the best checkpoint (by the eval metric)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), help="diffusion runs: DDIM (fast) or DDPM (all steps)")
+    p.add_argument("--sampling_steps", type=int, help="diffusion runs: DDIM steps (e.g. 50)")
+    p.add_argument("--guidance_scale", type=float,
+                   help="diffusion runs: classifier-free guidance (1 = conditional only, > 1 stronger text)")
     return p.parse_args(argv)
 
 
-def read_prompts(args: argparse.Namespace) -> list[str]:
+def collect_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts of --prompt and --prompts_file (possibly none); an empty prompt is an error."""
     prompts = list(args.prompt)
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
             raise FileNotFoundError(f"prompts file {path} not found")
         prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError("no prompt given: pass --prompt='A fiery lizard…' (repeatable) or --prompts_file")
     empty = [i for i, p in enumerate(prompts) if not p.strip()]
     if empty:
         raise ValueError(f"prompt #{empty[0] + 1} is empty: give a non-empty description")
     return prompts
 
 
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts of --prompt and --prompts_file; none at all is an error."""
+    prompts = collect_prompts(args)
+    if not prompts:
+        raise ValueError("no prompt given: pass --prompt='A fiery lizard…' (repeatable) or --prompts_file")
+    return prompts
+
+
 def load_gan_for_sampling(workdir: Path, step: int | None = None, best: bool = False):
-    """(config, text encoder, EMA generator) restored from a GAN work directory."""
-    import jax.numpy as jnp
-    import ml_collections
-    from flax import nnx
+    """(config, text encoder, EMA generator, step) of a GAN run; see `pikagen_jax.gan.sampling`."""
+    from pikagen_jax.gan import sampling
 
-    from pikagen_jax.gan.state import build_generator, build_text_encoder, compute_dtype
-    from pikagen_jax.training.checkpointing import Checkpointer
+    return sampling.load_gan_for_sampling(workdir, step, best)
 
-    if not (workdir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"no checkpoints in {workdir}: train first with "
-                                f"`python launch.py --config=configs/gan.py --workdir={workdir}`")
-    checkpointer = Checkpointer(workdir, read_only=True)
-    config = ml_collections.ConfigDict(checkpointer.restore_config(step=step))
-    if best:
-        if not config.checkpoint.best_metric:
-            raise ValueError(f"--best: the run in {workdir} keeps no best checkpoint (checkpoint.best_metric "
-                             "is empty); drop --best or train with --config.eval.every_steps=N")
-        checkpointer = Checkpointer.from_config(workdir, config, read_only=True)
-    if config.system != "gan":
-        raise ValueError(f"{workdir} holds a {config.system!r} run; this command generates with 'gan' runs")
-    text = build_text_encoder(config, nnx.Rngs(0), compute_dtype(config))
-    generator = build_generator(config, nnx.Rngs(0), jnp.float32)
-    resolved = step if step is not None else (checkpointer.best_step() if best else checkpointer.latest_step())
-    restored = checkpointer.restore({"text_encoder": text, "ema_generator": generator}, step=resolved, best=best)
-    nnx.update(text, restored["text_encoder"])
-    nnx.update(generator, restored["ema_generator"])
-    return config, text, generator, resolved
+
+def sampler_options(args: argparse.Namespace) -> dict:
+    """The sampler options given on the command line (diffusion runs)."""
+    if args.sampling_steps is not None and args.sampling_steps < 1:
+        raise ValueError(f"--sampling_steps must be at least 1, got {args.sampling_steps}")
+    names = ("sampler", "sampling_steps", "guidance_scale")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def generate(args: argparse.Namespace) -> np.ndarray:
     """Generates `num` images per prompt; writes the grid (and single PNGs); returns the images."""
     from pikagen_jax.data.pipeline import tokenizer_from_config
-    from pikagen_jax.gan.sampling import make_sampler, noise
+    from pikagen_jax.run_sampler import load_run_sampler
     from pikagen_jax.training.logging import make_image_grid, save_png, to_uint8
 
     if args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}")
-    prompts = read_prompts(args)
-    config, text, generator, step = load_gan_for_sampling(Path(args.workdir), args.step, args.best)
-    tokenizer = tokenizer_from_config(config)
-    sample = make_sampler(text, generator)
-    rows = []
-    for index, prompt in enumerate(prompts):
-        ids, mask = tokenizer([prompt] * args.num)
-        z = noise(args.seed + index, args.num, config.model.z_dim)
-        rows.append(np.asarray(sample(ids, mask, z)))
-    images = np.concatenate(rows)
-    save_png(args.out, make_image_grid(images, ncols=args.num))
+    prompts = collect_prompts(args)
+    options = sampler_options(args)
+    sampler = load_run_sampler(args.workdir, step=args.step, best=args.best, **options)
+    if sampler.conditional:
+        if not prompts:
+            read_prompts(args)  # raises: a text-conditioned run needs a prompt
+        tokenizer = tokenizer_from_config(sampler.config)
+        rows = [sampler.generate(*tokenizer([prompt] * args.num), args.seed + index)
+                for index, prompt in enumerate(prompts)]
+        images, columns = np.concatenate(rows), args.num
+    else:
+        if prompts:
+            print(f"note: {sampler.config.system} runs are unconditional; the prompt(s) are ignored", file=sys.stderr)
+        images = sampler.generate(np.zeros((args.num, 1), np.int32), np.ones((args.num, 1), np.int32), args.seed)
+        columns = min(args.num, UNCONDITIONAL_COLUMNS)
+    save_png(args.out, make_image_grid(images, ncols=columns))
     if args.out_dir:
         from PIL import Image
 
         out_dir = Path(args.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(to_uint8(images)):
-            Image.fromarray(image).save(out_dir / f"prompt{i // args.num:03d}_{i % args.num:02d}.png")
-    print(f"wrote {len(images)} image(s) for {len(prompts)} prompt(s) from step {step} to {args.out}")
+            name = f"prompt{i // args.num:03d}_{i % args.num:02d}.png" if sampler.conditional else f"sample_{i:03d}.png"
+            Image.fromarray(image).save(out_dir / name)
+    what = f"{len(prompts)} prompt(s)" if sampler.conditional else "no prompt (unconditional)"
+    print(f"wrote {len(images)} image(s) for {what} with {sampler.description} to {args.out}")
     return images
 
 

@@ -1,7 +1,9 @@
-"""Text → images with a (text encoder, generator) pair: used for training sample grids and `generate`."""
+"""Text → images with a (text encoder, generator) pair: training sample grids, and loading a GAN run for
+`generate` / evaluation (`load_run_sampler`, see `pikagen_jax.run_sampler`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -33,3 +35,51 @@ def make_sampler(text_encoder: nnx.Module, generator: nnx.Module
 def noise(seed: int, count: int, z_dim: int) -> jax.Array:
     """The latent codes for `count` images from `seed` (reproducible across runs and machines)."""
     return jax.random.normal(jax.random.key(seed), (count, z_dim), jnp.float32)
+
+
+def load_gan_for_sampling(workdir: str | Path, step: int | None = None, best: bool = False):
+    """(config, text encoder, EMA generator, step) restored from a GAN work directory (latest checkpoint,
+    `step`, or the best one with `best`)."""
+    import ml_collections
+
+    from pikagen_jax.gan.state import build_generator, build_text_encoder, compute_dtype
+    from pikagen_jax.training.checkpointing import Checkpointer
+
+    workdir = Path(workdir)
+    if not (workdir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"no checkpoints in {workdir}: train first with "
+                                f"`python launch.py --config=configs/gan.py --workdir={workdir}`")
+    checkpointer = Checkpointer(workdir, read_only=True)
+    config = ml_collections.ConfigDict(checkpointer.restore_config(step=step))
+    if best:
+        if not config.checkpoint.best_metric:
+            raise ValueError(f"--best: the run in {workdir} keeps no best checkpoint (checkpoint.best_metric "
+                             "is empty); drop --best or train with --config.eval.every_steps=N")
+        checkpointer = Checkpointer.from_config(workdir, config, read_only=True)
+    if config.system != "gan":
+        raise ValueError(f"{workdir} holds a {config.system!r} run, not a 'gan' one: use "
+                         "pikagen_jax.run_sampler.load_run_sampler for any system")
+    text = build_text_encoder(config, nnx.Rngs(0), compute_dtype(config))
+    generator = build_generator(config, nnx.Rngs(0), jnp.float32)
+    resolved = step if step is not None else (checkpointer.best_step() if best else checkpointer.latest_step())
+    restored = checkpointer.restore({"text_encoder": text, "ema_generator": generator}, step=resolved, best=best)
+    nnx.update(text, restored["text_encoder"])
+    nnx.update(generator, restored["ema_generator"])
+    return config, text, generator, resolved
+
+
+def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, *, batch_size: int = 50):
+    """A `RunSampler` of a GAN run: the EMA generator on the text encoder's embeddings, z drawn per image
+    from the seed (`noise(seed, N, z_dim)`), in batches of `batch_size`."""
+    from pikagen_jax.run_sampler import RunSampler, generate_in_batches
+
+    config, text, generator, resolved = load_gan_for_sampling(workdir, step, best)
+    sample = make_sampler(text, generator)
+
+    def generate(token_ids: np.ndarray, attention_mask: np.ndarray, seed: int) -> np.ndarray:
+        z = np.asarray(noise(seed, len(token_ids), config.model.z_dim))
+        return generate_in_batches(lambda index, ids, mask, codes: sample(ids, mask, jnp.asarray(codes)),
+                                   (token_ids, attention_mask, z), batch_size)
+
+    return RunSampler(config=config, step=resolved, conditional=True, generate=generate,
+                      description=f"gan EMA generator, step {resolved}" + (" (best)" if best else ""))

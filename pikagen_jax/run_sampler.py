@@ -1,0 +1,121 @@
+"""Images from a trained run of any system, behind one interface (used by `generate` and evaluation).
+
+    sampler = load_run_sampler("workdirs/gan64")                       # latest checkpoint
+    sampler = load_run_sampler("workdirs/diffusion", sampler="ddim", sampling_steps=50, guidance_scale=3.0)
+    images = sampler.generate(token_ids, attention_mask, seed)         # [N, S, S, 3] float32 in [-1, 1]
+
+`load_run_sampler` reads `config.system` from the run's saved config and calls
+`pikagen_jax.<system>.sampling.load_run_sampler(workdir, step, best, **options)`:
+
+| system | conditional | options |
+|---|---|---|
+| gan | yes | batch_size |
+| l1 | yes | batch_size |
+| diffusion | yes | sampler ('ddim' / 'ddpm'), sampling_steps, guidance_scale, eta, stage, batch_size |
+| dcgan | no (the text arrays only give the image count) | batch_size |
+
+`generate(ids [N, T], mask [N, T], seed)` gives one image per row, deterministic in `seed` (the same seed
+and inputs give the same images; for the GAN, L1 and DCGAN, and DDIM diffusion, image i depends only on
+row i and the seed). Tokenize text with `pikagen_jax.data.pipeline.tokenizer_from_config(sampler.config)`.
+A work directory without checkpoints raises FileNotFoundError; an option the system does not take, or
+`best=True` for a run without best checkpoints, raises ValueError.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import ml_collections
+import numpy as np
+
+GenerateFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+SYSTEM_TRAIN_COMMANDS = "python launch.py --config=configs/<system>.py --workdir={workdir}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSampler:
+    """A trained run, ready to generate.
+
+    Attributes:
+      config: the run's saved config (data, text and model settings).
+      step: the checkpoint step the weights come from.
+      conditional: whether the images depend on the text (False for the unconditional DCGAN).
+      generate: (token_ids [N, T] int, attention_mask [N, T] int, seed) -> images [N, S, S, 3] in [-1, 1].
+      description: what generates, for logs (e.g. 'diffusion stage unet step 4000: ddim, 50 steps, guidance 3').
+    """
+
+    config: ml_collections.ConfigDict
+    step: int
+    conditional: bool
+    generate: GenerateFn
+    description: str = ""
+
+
+def checkpoint_dirs(workdir: str | Path) -> list[Path]:
+    """The run directories under `workdir` that hold `checkpoints/`: workdir itself, or the stage
+    sub-folders of a staged run (the diffusion system's `vae/`, `unet/`, `text/`)."""
+    workdir = Path(workdir)
+    if (workdir / "checkpoints").is_dir():
+        return [workdir]
+    if not workdir.is_dir():
+        return []
+    return sorted(p for p in workdir.iterdir() if (p / "checkpoints").is_dir())
+
+
+def run_system(workdir: str | Path) -> str:
+    """`config.system` of the run in `workdir` (read from its latest checkpoint's config)."""
+    from pikagen_jax.training.checkpointing import Checkpointer
+
+    for run_dir in checkpoint_dirs(workdir):
+        checkpointer = Checkpointer(run_dir, read_only=True)
+        if checkpointer.latest_step() is not None:
+            return str(checkpointer.restore_config()["system"])
+    raise FileNotFoundError(f"no checkpoints in {workdir}: train first with "
+                            f"`{SYSTEM_TRAIN_COMMANDS.format(workdir=workdir)}`")
+
+
+def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, **options: Any
+                     ) -> RunSampler:
+    """The RunSampler of the run in `workdir` (latest checkpoint, or `step`, or the best with `best`).
+
+    `options` are passed to the system's loader (see the module docstring); unknown ones raise ValueError.
+    """
+    system = run_system(workdir)
+    module = importlib.import_module(f"pikagen_jax.{system}.sampling")
+    loader = module.load_run_sampler
+    accepted = [name for name, p in inspect.signature(loader).parameters.items()
+                if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"{workdir} holds a {system!r} run, whose sampler takes no option(s) {unknown} "
+                         f"(it takes {accepted})")
+    return loader(Path(workdir), step, best, **options)
+
+
+def generate_in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+    """Runs `fn(batch_index, *chunks)` over fixed-size chunks of `arrays` (equal leading sizes N) and
+    returns the concatenated outputs [N, ...] as float32 numpy.
+
+    Every call gets `min(batch_size, N)` rows: the last chunk is padded by repeating its first row (and the
+    padding is dropped), so a jitted `fn` compiles once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    arrays = [np.asarray(a) for a in arrays]
+    total = len(arrays[0])
+    if total == 0:
+        raise ValueError("nothing to generate: no rows given")
+    if any(len(a) != total for a in arrays):
+        raise ValueError(f"inputs disagree on the number of rows: {[len(a) for a in arrays]}")
+    size = min(batch_size, total)
+    outputs = []
+    for index, start in enumerate(range(0, total, size)):
+        count = min(size, total - start)
+        chunks = [np.concatenate([a[start:start + count], np.repeat(a[start:start + 1], size - count, axis=0)])
+                  for a in arrays]
+        outputs.append(np.asarray(fn(index, *chunks), np.float32)[:count])
+    return np.concatenate(outputs)

@@ -13,6 +13,7 @@ from flax import nnx
 
 from pikagen_jax.losses import dcgan as losses
 from pikagen_jax.models.dcgan import Discriminator, Generator
+from pikagen_jax.models.l1_decoder import TorchConvTranspose
 
 
 def param_count(module: nnx.Module) -> int:
@@ -41,7 +42,7 @@ def test_generator_shapes_and_range():
 def test_doubled_generator_has_twice_the_conv_layers():
     make = lambda extra: Generator(16, image_size=64, base_channels=4, extra_layers_per_stage=extra,
                                    rngs=nnx.Rngs(0))
-    convs = lambda gen: [layer for layer in gen.layers if isinstance(layer, (nnx.Conv, nnx.ConvTranspose))]
+    convs = lambda gen: [layer for layer in gen.layers if isinstance(layer, (nnx.Conv, TorchConvTranspose))]
     assert len(convs(nnx.eval_shape(lambda: make(0)))) == 5  # PyTorch's DCGAN generator
     assert len(convs(nnx.eval_shape(lambda: make(1)))) == 9  # the seed's "doubled" generator
     out = abstract_call(lambda: make(1), jnp.zeros((2, 16)), train=True)

@@ -84,7 +84,8 @@ def wgan_gp_critic_loss(critic_fn: Callable[[Array], Array], real: Array, fake: 
     """Full WGAN-GP critic objective: E[C(fake)] - E[C(real)] + gradient penalty (+ drift E[C(real)^2]).
 
     Returns:
-      (loss, {'wasserstein': E[C(real)] - E[C(fake)], 'gradient_penalty', 'drift'}).
+      (loss, {'wasserstein': E[C(real)] - E[C(fake)], 'gradient_penalty', 'drift', 'real_score': E[C(real)],
+      'fake_score': E[C(fake)]}).
     """
     real_scores = critic_fn(real).astype(jnp.float32)
     fake_scores = critic_fn(jax.lax.stop_gradient(fake)).astype(jnp.float32)
@@ -92,4 +93,4 @@ def wgan_gp_critic_loss(critic_fn: Callable[[Array], Array], real: Array, fake: 
     drift = jnp.mean(jnp.square(real_scores))
     loss = wgan_critic_loss(real_scores, fake_scores) + penalty + drift_weight * drift
     return loss, {"wasserstein": jnp.mean(real_scores) - jnp.mean(fake_scores), "gradient_penalty": penalty,
-                  "drift": drift}
+                  "drift": drift, "real_score": jnp.mean(real_scores), "fake_score": jnp.mean(fake_scores)}

@@ -11,6 +11,11 @@ then a 4x4 valid conv to one logit per image. `norm='batch'` is the DCGAN discri
 samples of a batch, which invalidates the per-sample gradient penalty (see `pikagen_jax.losses.dcgan`).
 
 Both take `train` at call time: True uses batch statistics and updates the BN running averages.
+
+On CPU, XLA differentiates transposed and strided convolutions through a slow generic path, so the
+generator's transposed convs are `TorchConvTranspose` (PyTorch's ConvTranspose2d as one matmul) and the
+discriminator's strided convs `StridedConv` (im2col + matmul, `pikagen_jax.models.conv_matmul`): the same
+functions, 6-8x faster to train on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from pikagen_jax.models.conv_matmul import conv2d
+from pikagen_jax.models.l1_decoder import TorchConvTranspose
 
 Array = jax.Array
 NORMS = ("batch", "layer", "none")
@@ -62,6 +70,21 @@ class _NormAct(nnx.Module):
         return jax.nn.leaky_relu(x, 0.2) if self.leaky else jax.nn.relu(x)
 
 
+class StridedConv(nnx.Module):
+    """A convolution (HWIO kernel, optional bias) computed by `conv_matmul.conv2d`: as im2col + matmul when
+    strided, with XLA's convolution otherwise."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, strides: int, padding: Any, *,
+                 use_bias: bool, dtype: Any, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(_INIT(rngs.params(), (kernel_size, kernel_size, in_features, out_features)))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+        self.strides, self.padding, self.dtype = (strides, strides), padding, dtype
+
+    def __call__(self, x: Array) -> Array:
+        y = conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.strides, self.padding)
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
 class Generator(nnx.Module):
     """z [B, latent_dim] -> images [B, image_size, image_size, out_channels] in [-1, 1].
 
@@ -79,11 +102,10 @@ class Generator(nnx.Module):
         stages = _check_image_size(image_size)
         self.latent_dim = latent_dim
         widths = [base_channels * 2 ** (stages - 1 - i) for i in range(stages)]  # 512, 256, 128, 64 at 64 px
-        conv_t = lambda c_in, c_out, kernel, strides, padding: nnx.ConvTranspose(  # bias-free, as PyTorch's
-            c_in, c_out, (kernel, kernel), (strides, strides), padding=padding, use_bias=False,
-            kernel_init=_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        conv_t = lambda c_in, c_out, kernel, strides, padding: TorchConvTranspose(  # bias-free, as PyTorch's
+            c_in, c_out, kernel, strides, padding=padding, use_bias=False, kernel_init=_INIT, dtype=dtype, rngs=rngs)
         self.layers = nnx.List()
-        self.layers.append(conv_t(latent_dim, widths[0], 4, 1, "VALID"))  # 1x1 -> 4x4
+        self.layers.append(conv_t(latent_dim, widths[0], 4, 1, 0))  # 1x1 -> 4x4
         for i, width in enumerate(widths):
             self.layers.append(_NormAct(width, "batch", leaky=False, dtype=dtype, rngs=rngs))
             for _ in range(extra_layers_per_stage):
@@ -91,7 +113,7 @@ class Generator(nnx.Module):
                                             kernel_init=_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs))
                 self.layers.append(_NormAct(width, "batch", leaky=False, dtype=dtype, rngs=rngs))
             next_width = widths[i + 1] if i + 1 < stages else out_channels
-            self.layers.append(conv_t(width, next_width, 4, 2, "SAME"))  # x2
+            self.layers.append(conv_t(width, next_width, 4, 2, 1))  # x2: ConvTranspose2d(4, 2, 1)
 
     def __call__(self, z: Array, *, train: bool = False) -> Array:
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
@@ -122,9 +144,8 @@ class Discriminator(nnx.Module):
         self.norm = norm
         self.image_size = image_size
         self.in_channels = in_channels
-        conv = lambda c_in, c_out, kernel, strides, padding, bias: nnx.Conv(
-            c_in, c_out, (kernel, kernel), (strides, strides), padding=padding, use_bias=bias,
-            kernel_init=_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+        conv = lambda c_in, c_out, kernel, strides, padding, bias: StridedConv(
+            c_in, c_out, kernel, strides, padding, use_bias=bias, dtype=dtype, rngs=rngs)
         normed_bias = norm == "none"  # a bias before batch norm is cancelled by it
         self.layers = nnx.List()
         width = base_channels

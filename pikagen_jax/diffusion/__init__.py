@@ -1,4 +1,9 @@
-"""Gaussian diffusion for the latent-diffusion system (seed 003): schedules, loss, samplers, guidance."""
+"""The latent-diffusion system (seed 003).
+
+`schedule` (re-exported here): noise schedules, the Huber eps-loss with text dropout, DDPM / DDIM samplers,
+classifier-free guidance. `state`, `steps`, `sampling`, `train`: the three training stages (VAE, U-Net, text
+encoder) on the shared training loop, text -> image sampling, and `train_and_evaluate` (configs/diffusion.py).
+"""
 
 from pikagen_jax.diffusion.schedule import (
     NoiseSchedule,

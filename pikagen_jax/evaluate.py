@@ -2,11 +2,12 @@
 
     python -m pikagen_jax.evaluate --workdir=workdirs/gan                       # test_intra + test, latest
     python -m pikagen_jax.evaluate --workdir=workdirs/gan --best --samples_per_caption=4
+    python -m pikagen_jax.evaluate --workdir=workdirs/diffusion --sampling_steps=50 --guidance_scale=3
     python -m pikagen_jax.evaluate --real_vs_real=test,train --dataset=kaggle --image_size=64   # the floor
 
 For each split (default: `test_intra`, the intra-class set, when the dataset has it, and `test`, the
-novel-class set) every record's caption is generated `--samples_per_caption` times with the EMA generator,
-and the generated set is compared with the split's real images (one per record) in the pool3 features of
+novel-class set) every record's caption is generated `--samples_per_caption` times by the run's model (any
+system: the GAN's EMA generator, the L1 model, latent diffusion, or the unconditional DCGAN), and the generated set is compared with the split's real images (one per record) in the pool3 features of
 the FID Inception-v3. Results go to `<workdir>/eval_<step>.json` and `.md` and to TensorBoard
 (`eval/<split>/<metric>`). Real-image statistics are cached per dataset, split, resolution and weights.
 
@@ -38,7 +39,6 @@ IS_UNAVAILABLE = "unavailable: weights have no classifier head"
 NOT_AVAILABLE = "n/a"
 DEFAULT_SPLITS = ("test_intra", "test")  # seed 002's intra-class and novel-class test sets
 SPLIT_TITLES = {"test_intra": "intra-class", "test": "novel-class", "val": "validation", "train": "train"}
-SUPPORTED_SYSTEMS = ("gan",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,40 +253,52 @@ def evaluate_images(inception: InceptionV3, images: np.ndarray, reference: Refer
 # ----------------------------------------------------------------------------------------- runs
 
 def run_config(workdir: str | Path, step: int | None = None) -> ml_collections.ConfigDict:
-    """The config saved with a run's checkpoint (`step`, default the latest)."""
+    """The config saved with a run's checkpoint (`step`, default the latest); staged runs (diffusion) keep
+    their stages in sub-folders, whose last one is read."""
+    from pikagen_jax.run_sampler import SYSTEM_TRAIN_COMMANDS, checkpoint_dirs
     from pikagen_jax.training.checkpointing import Checkpointer
 
-    workdir = Path(workdir)
-    if not (workdir / "checkpoints").is_dir():
+    dirs = checkpoint_dirs(workdir)
+    if not dirs:
         raise FileNotFoundError(f"no checkpoints in {workdir}: train first, e.g. "
-                                f"`python launch.py --config=configs/gan.py --workdir={workdir}`")
-    return ml_collections.ConfigDict(Checkpointer(workdir, read_only=True).restore_config(step=step))
+                                f"`{SYSTEM_TRAIN_COMMANDS.format(workdir=workdir)}`")
+    return ml_collections.ConfigDict(Checkpointer(dirs[-1], read_only=True).restore_config(step=step))
 
 
-def generator_for_run(workdir: Path, config: ml_collections.ConfigDict, *, step: int | None, best: bool,
-                      batch_size: int) -> tuple[int, Callable[[SplitData, int, int], np.ndarray]]:
-    """(step, generate(split_data, samples_per_caption, seed) -> images) for the run's system."""
-    if config.system == "gan":
-        from pikagen_jax.gan.evaluation import load_generate_fn
+def generator_for_run(workdir: str | Path, *, step: int | None, best: bool, batch_size: int,
+                      sampler_options: dict[str, Any] | None = None) -> tuple[Any, Callable[[SplitData, int, int], np.ndarray]]:
+    """(RunSampler, generate(split_data, samples_per_caption, seed) -> images) for a run of any system.
 
-        return load_generate_fn(workdir, step=step, best=best, batch_size=batch_size)
-    raise NotImplementedError(f"evaluating {config.system!r} runs is not supported yet (supported: "
-                              f"{', '.join(SUPPORTED_SYSTEMS)}); {workdir} holds a {config.system!r} run")
+    Images are caption-major: the `samples_per_caption` samples of caption 0 come first. `sampler_options`
+    go to the system's sampler (diffusion: sampler, sampling_steps, guidance_scale).
+    """
+    from pikagen_jax.run_sampler import load_run_sampler
+
+    sampler = load_run_sampler(workdir, step=step, best=best, batch_size=batch_size, **(sampler_options or {}))
+
+    def generate(data: SplitData, samples_per_caption: int, seed: int) -> np.ndarray:
+        repeat = lambda a: np.repeat(np.asarray(a), samples_per_caption, axis=0)  # noqa: E731
+        return sampler.generate(repeat(data.token_ids), repeat(data.attention_mask), seed)
+
+    return sampler, generate
 
 
 def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, samples_per_caption: int = 1,
                  step: int | None = None, best: bool = False, settings: MetricSettings = MetricSettings(),
                  inception_source: str = "fid_helper", clip_checkpoint: str | None = None, seed: int = 0,
-                 cache_dir: str | Path | None = None, write: bool = True) -> dict[str, Any]:
+                 cache_dir: str | Path | None = None, write: bool = True,
+                 sampler_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generates `samples_per_caption` images per caption of each split with the run's checkpoint and
     returns the report {run info..., "results": {split: metrics}}; with `write`, also writes
-    `eval_<step>.json` / `.md` to `workdir` and logs the scalars to its TensorBoard."""
+    `eval_<step>.json` / `.md` to `workdir` and logs the scalars to its TensorBoard. Works for every
+    system (`pikagen_jax.run_sampler`); for the unconditional DCGAN the captions only set the image count
+    and no CLIP score is computed."""
     workdir = Path(workdir)
     if samples_per_caption < 1:
         raise ValueError(f"--samples_per_caption must be >= 1, got {samples_per_caption}")
-    config = run_config(workdir)
-    resolved_step, generate = generator_for_run(workdir, config, step=step, best=best,
-                                                batch_size=settings.batch_size)
+    sampler, generate = generator_for_run(workdir, step=step, best=best, batch_size=settings.batch_size,
+                                          sampler_options=sampler_options)
+    config, resolved_step = sampler.config, sampler.step
     splits = list(splits) if splits else default_eval_splits(config)
     inception = load_inception(inception_source)
     clip = None
@@ -294,7 +306,10 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
         from pikagen_jax.metrics.clip_score import ClipScorer
 
         clip = ClipScorer.from_pretrained(clip_checkpoint)
-    report = {"workdir": str(workdir), "system": config.system, "step": resolved_step,
+    if clip is not None and not sampler.conditional:
+        print("note: the run is unconditional: no CLIP score", file=sys.stderr)
+        clip = None
+    report = {"workdir": str(workdir), "system": config.system, "step": resolved_step, "sampler": sampler.description,
               "checkpoint": "best" if best else ("step" if step is not None else "latest"),
               "dataset": config.data.dataset, "image_size": config.data.image_size,
               "inception": inception_tag(inception_source), "samples_per_caption": samples_per_caption,
@@ -436,6 +451,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inception", default="fid_helper",
                    help="Inception weights: 'fid_helper', pytorch-fid's .pth (has the IS head) or a .safetensors")
     p.add_argument("--clip_checkpoint", help="Hugging Face CLIP model (directory or hub name) for the CLIP score")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), help="diffusion runs: DDIM (fast) or DDPM (all steps)")
+    p.add_argument("--sampling_steps", type=int, help="diffusion runs: DDIM steps (default: the run's config)")
+    p.add_argument("--guidance_scale", type=float, help="diffusion runs: classifier-free guidance scale")
     p.add_argument("--cache_dir", help="cache of real-image statistics (default: ~/.cache/pikagen_jax)")
     p.add_argument("--real_vs_real", metavar="A,B", help="FID/KID of real split A against real split B instead")
     p.add_argument("--data_dir", default="data/tfds", help="--real_vs_real without --workdir: built datasets")
@@ -467,6 +485,12 @@ def _real_vs_real_main(args: argparse.Namespace, settings: MetricSettings) -> di
     return report
 
 
+def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The diffusion sampler flags that were given (other systems take none)."""
+    names = ("sampler", "sampling_steps", "guidance_scale")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from pikagen_jax.metrics.inception import ClassifierHeadUnavailableError
@@ -483,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate_run(args.workdir, splits=splits, samples_per_caption=args.samples_per_caption,
                                   step=args.step, best=args.best, settings=settings,
                                   inception_source=args.inception, clip_checkpoint=args.clip_checkpoint,
-                                  seed=args.seed, cache_dir=args.cache_dir)
+                                  seed=args.seed, cache_dir=args.cache_dir, sampler_options=sampler_options(args))
     except (FileNotFoundError, ValueError, KeyError, NotImplementedError, ClassifierHeadUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Evaluation command (`python -m pikagen_jax.evaluate`) and the GAN's in-training FID/KID.
+"""Evaluation command (`python -m pikagen_jax.evaluate`, any system) and the GAN's in-training FID/KID.
 
 The fast tests evaluate an untrained smoke GAN checkpointed without training (evaluation does not care how
 the weights were made) on the tiny PokeAPI subset (4 val / 4 test / 32 test_intra records, 64 px) with the
@@ -222,11 +222,41 @@ def test_cli_errors(gan_workdir, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_unsupported_system_is_a_clear_error(tmp_path):
-    config = load_config("configs/gan.py:smoke")
-    config = _configure(config, system="l1")
-    with pytest.raises(NotImplementedError, match="'l1' runs is not supported yet"):
-        evaluate.generator_for_run(tmp_path, config, step=None, best=False, batch_size=BATCH)
+def _saved_run(workdir, config, state) -> Path:
+    """Checkpoints `state` untrained at step 1 (evaluation does not care how the weights were made)."""
+    from pikagen_jax.training.checkpointing import Checkpointer
+
+    with Checkpointer.from_config(workdir, config) as checkpointer:
+        checkpointer.save(1, state.checkpoint_items(), config=config, force=True)
+    return workdir
+
+
+def test_other_systems_evaluate_through_their_run_sampler(small_data, tmp_path, tiny_clip_dir):
+    """L1 (conditional) and DCGAN (unconditional: no CLIP score) runs go through the same command."""
+    from pikagen_jax.dcgan.state import DcganState, resolve_config
+    from pikagen_jax.l1.state import L1State
+
+    data = [f"data.data_dir={small_data['data_dir']}", f"data.dataset={small_data['pokeapi']}"]
+    l1_config = load_config("configs/l1.py:smoke", data + ["data.captions.enriched=0.0",
+                                                           "data.captions.original=1.0"])
+    dcgan_config = resolve_config(load_config("configs/dcgan.py:smoke", data))
+    settings = evaluate.MetricSettings(kid_subsets=5, batch_size=BATCH)
+    for name, config, state, conditional in (
+            ("l1", l1_config, L1State(l1_config, rngs=nnx.Rngs(0)), True),
+            ("dcgan", dcgan_config, DcganState(dcgan_config, rngs=nnx.Rngs(0)), False)):
+        workdir = _saved_run(tmp_path / name, config, state)
+        report = evaluate.evaluate_run(workdir, splits=["test"], samples_per_caption=2, settings=settings,
+                                       clip_checkpoint=str(tiny_clip_dir), write=False)
+        results = report["results"]["test"]
+        assert report["system"] == name and report["step"] == 1 and results["num_generated"] == 8
+        assert np.isfinite(results["fid"]) and results["kid"]["mean"] > 0.0
+        if conditional:
+            assert 0.0 <= results["clip_score"] <= 100.0
+        else:
+            assert results["clip_score"] == evaluate.NOT_AVAILABLE
+    with pytest.raises(ValueError, match="takes no option"):
+        evaluate.evaluate_run(tmp_path / "l1", splits=["test"], settings=settings, write=False,
+                              sampler_options={"guidance_scale": 3.0})
 
 
 def test_bad_images_and_subset_sizes_are_clear_errors():

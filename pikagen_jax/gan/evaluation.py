@@ -29,38 +29,17 @@ def generate_for_tokens(sample: Callable, token_ids: np.ndarray, attention_mask:
     `sample(ids, mask, z)` is a `make_sampler` function; the noise comes from `seed`, so equal seeds give
     equal images. Batches have one fixed size (the last is padded), so the sampler compiles once.
     """
-    if samples_per_caption < 1 or batch_size < 1:
-        raise ValueError(f"samples_per_caption and batch_size must be >= 1, got {samples_per_caption}, "
-                         f"{batch_size}")
+    from pikagen_jax.run_sampler import generate_in_batches
+
+    if samples_per_caption < 1:
+        raise ValueError(f"samples_per_caption must be >= 1, got {samples_per_caption}")
     ids = np.repeat(np.asarray(token_ids), samples_per_caption, axis=0)
     mask = np.repeat(np.asarray(attention_mask), samples_per_caption, axis=0)
-    total = len(ids)
-    if total == 0:
+    if len(ids) == 0:
         raise ValueError("no captions to generate images for")
-    z = np.asarray(noise(seed, total, z_dim))
-    batch_size = min(batch_size, total)
-    outputs = []
-    for start in range(0, total, batch_size):
-        stop = min(start + batch_size, total)
-        pad = batch_size - (stop - start)
-        take = lambda a: np.concatenate([a[start:stop], np.repeat(a[start:start + 1], pad, axis=0)])  # noqa: E731
-        images = sample(take(ids), take(mask), take(z))
-        outputs.append(np.asarray(jax.device_get(images), np.float32)[:stop - start])
-    return np.concatenate(outputs)
-
-
-def load_generate_fn(workdir: str | Path, *, step: int | None = None, best: bool = False, batch_size: int = 50):
-    """(step, generate(split_data, samples_per_caption, seed) -> images) with a run's EMA generator."""
-    from pikagen_jax.generate import load_gan_for_sampling
-
-    config, text_encoder, generator, resolved = load_gan_for_sampling(Path(workdir), step, best)
-    sample = make_sampler(text_encoder, generator)
-
-    def generate(data, samples_per_caption: int, seed: int) -> np.ndarray:
-        return generate_for_tokens(sample, data.token_ids, data.attention_mask, config.model.z_dim,
-                                   samples_per_caption=samples_per_caption, seed=seed, batch_size=batch_size)
-
-    return resolved, generate
+    z = np.asarray(noise(seed, len(ids), z_dim))
+    return generate_in_batches(lambda index, i, m, codes: jax.device_get(sample(i, m, codes)), (ids, mask, z),
+                               batch_size)
 
 
 def eval_metric_name(config: ml_collections.ConfigDict) -> str:

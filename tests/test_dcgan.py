@@ -96,6 +96,66 @@ def test_parameter_counts_match_pytorch_dcgan_example():
     assert param_count(disc) == sum(p.numel() for p in torch_d.parameters()) + ndf + 1
 
 
+def _load_batch_norm(ours, torch_bn) -> None:
+    for name, value in (("scale", torch_bn.weight), ("bias", torch_bn.bias), ("mean", torch_bn.running_mean),
+                        ("var", torch_bn.running_var)):
+        getattr(ours.norm, name)[...] = jnp.asarray(value.detach().numpy())
+
+
+def test_networks_equal_pytorch_dcgan_with_the_same_weights():
+    """Same weights, inference mode: G and D compute what PyTorch's DCGAN layers compute (this pins the
+    matmul forms of the transposed and strided convolutions to ConvTranspose2d(4, 2, 1) / Conv2d(4, 2, 1))."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    nz, ngf, ndf = 8, 4, 4
+    torch_g = nn.Sequential(
+        nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(),
+        nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(),
+        nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(),
+        nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(),
+        nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh())
+    torch_d = nn.Sequential(
+        nn.Conv2d(3, ndf, 4, 2, 1), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2),
+        nn.Conv2d(ndf * 8, 1, 4, 1, 0))
+    for module in list(torch_g) + list(torch_d):  # non-trivial running statistics
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    torch_g.eval()
+    torch_d.eval()
+    gen = Generator(nz, image_size=64, base_channels=ngf, rngs=nnx.Rngs(0))
+    disc = Discriminator(image_size=64, base_channels=ndf, rngs=nnx.Rngs(0))
+    g_convs = [layer for layer in gen.layers if isinstance(layer, TorchConvTranspose)]
+    g_norms = [layer for layer in gen.layers if not isinstance(layer, TorchConvTranspose)]
+    for ours, theirs in zip(g_convs, [m for m in torch_g if isinstance(m, nn.ConvTranspose2d)], strict=True):
+        ours.kernel[...] = jnp.asarray(theirs.weight.detach().numpy().transpose(2, 3, 0, 1))
+    for ours, theirs in zip(g_norms, [m for m in torch_g if isinstance(m, nn.BatchNorm2d)], strict=True):
+        _load_batch_norm(ours, theirs)
+    d_convs = [layer for layer in disc.layers if hasattr(layer, "kernel")] + [disc.head]
+    for ours, theirs in zip(d_convs, [m for m in torch_d if isinstance(m, nn.Conv2d)], strict=True):
+        ours.kernel[...] = jnp.asarray(theirs.weight.detach().numpy().transpose(2, 3, 1, 0))
+        if theirs.bias is not None:
+            ours.bias[...] = jnp.asarray(theirs.bias.detach().numpy())
+    d_norms = [layer for layer in disc.layers if getattr(layer, "kind", "") == "batch"]
+    for ours, theirs in zip(d_norms, [m for m in torch_d if isinstance(m, nn.BatchNorm2d)], strict=True):
+        _load_batch_norm(ours, theirs)
+    z = np.random.default_rng(0).normal(size=(2, nz)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_g(torch.from_numpy(z)[:, :, None, None]).permute(0, 2, 3, 1).numpy()
+    images = np.asarray(gen(jnp.asarray(z), train=False))
+    np.testing.assert_allclose(images, expected, atol=1e-5)
+    with torch.no_grad():
+        expected_logits = torch_d(torch.from_numpy(images).permute(0, 3, 1, 2)).reshape(-1).numpy()
+    np.testing.assert_allclose(np.asarray(disc(jnp.asarray(images), train=False)), expected_logits, rtol=1e-4,
+                               atol=1e-5)
+
+
 def test_batch_norm_statistics_update_only_in_training():
     gen = Generator(8, image_size=16, base_channels=4, rngs=nnx.Rngs(0))
     before = jax.tree.map(np.asarray, nnx.state(gen, nnx.BatchStat))

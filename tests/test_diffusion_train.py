@@ -3,6 +3,7 @@ interruption, the NaN guard, generation through the shared sampler interface (DD
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import jax
@@ -51,7 +52,8 @@ def test_smoke_run_writes_each_stage_checkpoints_events_and_grids(smoke_run):
         grid = np.asarray(Image.open(folder / "samples" / "step_0000002.png"))
         assert grid.shape == (2 * 64 + 2, 3 * 64 + 2 * 2, 3), stage  # real row + reconstruction / sample row
         assert grid.std() > 0
-    assert (workdir / "vae" / "perceptual.json").is_file()
+    record = json.loads((workdir / "vae" / "perceptual.json").read_text())
+    assert record["network"] == "none" and "no perceptual term" in record["description"]
     assert "stage unet: restored ['text_encoder', 'vae']" in log and "latent scale" in log
     assert log.count("step 2/2") == 3
 

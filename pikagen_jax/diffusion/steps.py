@@ -72,13 +72,12 @@ def vae_step(state: DiffusionState, batch: Batch, step: jax.Array, config: ml_co
     context, context_mask = frozen_text(state, batch) if v.text_conditioned else (None, None)
     kl_weight = kl_weight_schedule(step / steps_per_epoch, warmup_epochs=v.kl_warmup_epochs,
                                    max_weight=v.kl_max_weight)
-    features_fn = state.perceptual if state.perceptual is not None else None
     old = snapshot_state(state.vae, state.opt_vae)
 
     def loss_fn(vae):
         recon, mean, logvar = vae(images, key, context, context_mask)
         loss, parts = vae_loss(recon, images, mean, logvar, kl_weight=kl_weight, free_bits=v.free_bits,
-                               features_fn=features_fn, perceptual_weight=v.perceptual_weight,
+                               features_fn=state.perceptual, perceptual_weight=v.perceptual_weight,
                                l1_weight=v.l1_weight)
         return loss, {**parts, "latent_std": jnp.std(mean)}
 

@@ -124,28 +124,36 @@ def _wgan_history(small_data, steps: int, *overrides: str) -> list[dict[str, flo
             for step in range(steps)]
 
 
-def _lipschitz_ratio(history: list[dict[str, float]]) -> float:
-    """max over steps of the critic's Wasserstein estimate / E||x - G(z)||, which a 1-Lipschitz critic keeps <= 1."""
-    return max(h["wasserstein"] / h["pair_distance"] for h in history)
+GP_WEIGHT = 10.0
+
+
+def _bound_ratio(history: list[dict[str, float]], gp_weight: float = GP_WEIGHT) -> float:
+    """max over steps of the critic's Wasserstein estimate W over the bound WGAN-GP allows it.
+
+    With d = E||x - G(z)|| (>= the Wasserstein-1 distance W1), a 1-Lipschitz critic gives W <= W1 <= d. The
+    penalty is soft: scaling the best 1-Lipschitz critic by s changes the objective -(E C(x) - E C(G(z))) +
+    lambda E[(|grad C| - 1)^2] to -s W1 + lambda (s - 1)^2, minimal at s = 1 + W1 / (2 lambda). So the
+    estimate settles at most at (1 + d / (2 lambda)) d; without a Lipschitz constraint nothing bounds it.
+    """
+    return max(h["wasserstein"] / ((1.0 + h["pair_distance"] / (2.0 * gp_weight)) * h["pair_distance"])
+               for h in history)
 
 
 def test_wgan_gp_critic_stays_bounded_on_real_sprites(small_data):
     history = _wgan_history(small_data, 30)
     assert all(np.isfinite(list(h.values())).all() for h in history)
-    assert _lipschitz_ratio(history) < 1.0  # the estimate respects the Lipschitz bound at every step
-    for h in history:
-        assert abs(h["real_score"]) < h["pair_distance"] and abs(h["fake_score"]) < h["pair_distance"]
+    assert _bound_ratio(history) < 1.0  # at every step
     # After the critic's first updates its input gradients stay near norm 1: E[(|grad| - 1)^2] <= 1.
-    assert max(h["gradient_penalty"] for h in history[10:]) <= 10.0
+    assert max(h["gradient_penalty"] for h in history[10:]) <= GP_WEIGHT
     assert abs(history[-1]["real_score"] + history[-1]["fake_score"]) < 2.0  # no common drift of the scores
 
 
 @pytest.mark.slow  # ~1 min: the negative control of the test above
 def test_seed_004_wgan_setup_breaks_the_bound(small_data, monkeypatch):
     """Seed 004's WGAN (generator minimising +C(G(z)), no Lipschitz constraint) breaks the bound the test above
-    checks within the same 30 steps: the bound detects that failure."""
+    checks within 50 steps: its critic's scores grow without limit, so the bound detects that failure."""
     from pikagen_jax.dcgan import steps
 
     monkeypatch.setattr(steps, "wgan_generator_loss", lambda scores: jnp.mean(scores))
-    history = _wgan_history(small_data, 30, "loss.gp_weight=0", "loss.drift_weight=0", "model.disc_norm=none")
-    assert _lipschitz_ratio(history) > 1.0
+    history = _wgan_history(small_data, 50, "loss.gp_weight=0", "loss.drift_weight=0", "model.disc_norm=none")
+    assert _bound_ratio(history) > 1.0

@@ -48,8 +48,9 @@ def _discriminator_loss(disc: nnx.Module, real: jax.Array, fake: jax.Array, key:
             "d_real_prob": jnp.mean(jax.nn.sigmoid(real_logits)), "d_fake_prob": jnp.mean(jax.nn.sigmoid(fake_logits))}
     loss, parts = wgan_gp_critic_loss(lambda x: disc(x, train=True), real, fake, key,
                                       gp_weight=config.loss.gp_weight, drift_weight=config.loss.drift_weight)
-    # E||x_i - G(z_i)||_2 over the batch's (random) real-fake pairs: an upper bound of the Wasserstein-1
-    # distance, so a 1-Lipschitz critic's estimate `wasserstein` cannot exceed it.
+    # E||x_i - G(z_i)||_2 over the batch's (random) real-fake pairs: an upper bound d of the Wasserstein-1
+    # distance, which a 1-Lipschitz critic's estimate cannot exceed (the soft penalty allows up to
+    # (1 + d / (2 lambda)) d; see tests/test_dcgan_train.py).
     distance = jnp.mean(jnp.sqrt(jnp.sum(jnp.square(real - fake), axis=(1, 2, 3))))
     return loss, {**parts, "pair_distance": distance}
 

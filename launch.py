@@ -12,6 +12,7 @@ import jax
 from absl import app, flags, logging
 
 from pikagen_jax import config_utils
+from pikagen_jax.training.compile_watch import enable_persistent_cache
 
 _CONFIG = config_utils.define_config_flag("config")
 flags.declare_key_flag("config")  # list --config in --help
@@ -24,6 +25,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
+    cache = enable_persistent_cache()  # a resumed run loads its compiled step instead of compiling it again
+    logging.info("JAX compilation cache: %s", cache or "off")
     config = _CONFIG.value
     config_utils.validate_common(config, jax.device_count())
     train_and_evaluate = config_utils.trainer_for(config.system)

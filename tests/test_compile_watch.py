@@ -1,7 +1,10 @@
 """CompileCounter sees every XLA compilation (new shapes) and none for jit cache hits."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
+import pytest
 
 from pikagen_jax.training.compile_watch import CompileCounter
 
@@ -20,3 +23,34 @@ def test_counts_compilations_not_cache_hits():
     assert later.count == 1
     f(four).block_until_ready()  # outside any context: not counted
     assert later.count == 1
+
+
+def test_persistent_cache_loads_count_and_a_set_cache_dir_wins(tmp_path):
+    import os
+
+    from pikagen_jax.training.compile_watch import enable_persistent_cache
+
+    saved = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    try:
+        if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # scripts/test.sh sets one: the environment's choice wins
+            assert enable_persistent_cache(tmp_path / "ignored") == Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+            assert not (tmp_path / "ignored").exists()
+            cache_dir = Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+        else:
+            jax.config.update("jax_compilation_cache_dir", None)
+            assert enable_persistent_cache(tmp_path / "cache") == tmp_path / "cache"
+            assert enable_persistent_cache(tmp_path / "other") == tmp_path / "cache"  # already set: kept
+            cache_dir = tmp_path / "cache"
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        x = jnp.full((7, 5), 0.25)
+        jax.jit(lambda a: jnp.cos(a) @ a.T * 1.5)(x).block_until_ready()  # compiled and written to disk
+        assert any(cache_dir.iterdir())
+        jax.clear_caches()
+        loaded, hits = CompileCounter(), []
+        jax.monitoring.register_event_listener(lambda event, **kw: hits.append(event))
+        with loaded:  # a new jit object: the executable comes from the disk cache, and still counts
+            jax.jit(lambda a: jnp.cos(a) @ a.T * 1.5)(x).block_until_ready()
+        assert loaded.count == 1 and "/jax/compilation_cache/cache_hits" in hits
+    finally:
+        jax.config.update("jax_compilation_cache_dir", saved[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", saved[1])

@@ -84,14 +84,18 @@ def test_resume_continues_with_identical_losses(small_data, tmp_path):
 
 def test_nonfinite_batch_is_skipped_and_state_unchanged(small_data):
     from pikagen_jax.gan.state import GanState
-    from pikagen_jax.gan.steps import gan_step
+    from pikagen_jax.gan.steps import make_train_step
+    from pikagen_jax.training.mesh import make_mesh, replicate_nodes, shard_batch
 
     config = _smoke_config(small_data)
     state = GanState(config, rngs=nnx.Rngs(0))
+    mesh = make_mesh()
+    replicate_nodes(mesh, state)
     batch = {"image": np.full((4, 64, 64, 3), np.nan, np.float32),
              "token_ids": np.full((4, 16), 1000, np.int32), "attention_mask": np.ones((4, 16), np.int32)}
     before = jax.tree.map(np.asarray, nnx.state(state, nnx.Param))
-    metrics = nnx.jit(lambda s, b: gan_step(s, b, 0, config))(state, batch)
+    # the training loop's jitted step (the program the smoke and resume runs compile: shared via the cache)
+    metrics = make_train_step(state, config, mesh)(shard_batch(batch, mesh), 0)
     assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["d_loss"]))
     after = jax.tree.map(np.asarray, nnx.state(state, nnx.Param))
     jax.tree.map(np.testing.assert_array_equal, before, after)

@@ -85,7 +85,8 @@ class JaxRunner:
         trace_s = time.perf_counter() - start
         self.compiled = lowered.compile()
         return {"trace_s": trace_s, "compile_s": time.perf_counter() - start - trace_s,
-                "flops_per_step": xla_flops(self.compiled), "matmul_gflops": jax_matmul_gflops()}
+                "flops_per_step": xla_flops(self.compiled), "matmul_gflops": jax_matmul_gflops(),
+                "xla_memory_bytes": xla_memory_bytes(self.compiled)}
 
     def train(self) -> None:
         import jax
@@ -130,6 +131,19 @@ class JaxL1(JaxRunner):
     def make_step(self, mesh):
         from pikagen_jax.l1.steps import make_train_step
         return make_train_step(self.state, self.config, mesh)
+
+
+def xla_memory_bytes(compiled) -> float:
+    """Arguments + outputs + temporaries of the compiled step, from XLA's memory analysis (NaN if unknown)."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return float("nan")
+    return float(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+                 - analysis.alias_size_in_bytes)
+
+
+def physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def xla_flops(compiled) -> float:
@@ -279,11 +293,19 @@ class Worker:
 def run_case(case: dict, args, profile: bool) -> dict:
     """Both frameworks on one case, taking turns step by step; returns the measurements of each."""
     print(f"== {case['name']}", file=sys.stderr, flush=True)
-    workers = {fw: Worker(fw, case, args.threads) for fw in ("jax", "torch")}
+    workers = {"jax": Worker("jax", case, args.threads)}
     out: dict = {"case": case, "jax": {}, "torch": {}}
+    steps = case.get("steps") or args.steps
     try:
-        for fw, worker in workers.items():
-            out[fw].update(worker.call("setup"))
+        out["jax"].update(workers["jax"].call("setup"))
+        needed, limit = out["jax"]["xla_memory_bytes"], args.max_memory_fraction * physical_memory_bytes()
+        if needed > limit:  # XLA's own count for our step; the PyTorch reference is not run either
+            out["skipped"] = (f"our compiled step needs {needed / 2**30:.1f} GiB (XLA memory analysis), more than "
+                              f"{args.max_memory_fraction:.0%} of this machine's {physical_memory_bytes() / 2**30:.1f} GiB")
+            print(f"   skipped: {out['skipped']}", file=sys.stderr, flush=True)
+            return out
+        workers["torch"] = Worker("torch", case, args.threads)
+        out["torch"].update(workers["torch"].call("setup"))
         for fw, worker in workers.items():
             out[fw]["first_step_s"] = worker.call("train")["seconds"]
         for _ in range(args.warmup - 1):
@@ -291,7 +313,7 @@ def run_case(case: dict, args, profile: bool) -> dict:
                 worker.call("train")
         for fw in workers:
             out[fw]["step_s"] = []
-        for i in range(args.steps):  # alternate who goes first, so neither always follows the other
+        for i in range(steps):  # alternate who goes first, so neither always follows the other
             for fw in (("jax", "torch") if i % 2 == 0 else ("torch", "jax")):
                 out[fw]["step_s"].append(workers[fw].call("train")["seconds"])
                 print(f"   step {i} {fw}: {out[fw]['step_s'][-1]:.2f} s", file=sys.stderr, flush=True)
@@ -316,11 +338,24 @@ def run_case(case: dict, args, profile: bool) -> dict:
     return out
 
 
+def parse_gan_cases(text: str) -> list[tuple[int, int, int | None]]:
+    """'64x64,128x16:3' -> [(64, 64, None), (128, 16, 3)]: image size x batch, optional ':timed steps'."""
+    cases = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        match = re.fullmatch(r"(\d+)x(\d+)(?::(\d+))?", item)
+        if not match:
+            raise SystemExit(f"--gan_cases item {item!r} is not SIZExBATCH[:STEPS], e.g. 64x16 or 128x16:3")
+        size, batch, steps = match.groups()
+        cases.append((int(size), int(batch), int(steps) if steps else None))
+    return cases
+
+
 def cases_for(args) -> list[dict]:
     """The benchmark cases, with the config overrides that give our side the PyTorch reference's shapes."""
     cases = []
-    for size, batch in ([(64, 16)] if args.quick else [(64, 64), (64, 16), (128, 64), (128, 16)]):
+    for size, batch, steps in parse_gan_cases("64x16" if args.quick else args.gan_cases):
         cases.append({"model": "gan", "image_size": size, "batch": batch, "finetune": args.text_finetune,
+                      "steps": steps,
                       "text_length": GAN_TEXT_LENGTH, "name": f"GAN {size} px", "overrides": [
                           f"data.image_size={size}", f"train.batch_size={batch}", "text.checkpoint=bert_mini",
                           f"text.finetune={args.text_finetune}", f"text.max_length={GAN_TEXT_LENGTH}"]})
@@ -333,6 +368,10 @@ def cases_for(args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="GAN 64 px batch 16 only; 3 steps, 1 warm-up")
+    parser.add_argument("--gan_cases", default="64x64,64x16,128x64,128x16",
+                        help="GAN cases SIZExBATCH[:STEPS], comma-separated (STEPS overrides --steps for that case)")
+    parser.add_argument("--max_memory_fraction", type=float, default=0.9,
+                        help="skip a case whose compiled step needs more than this fraction of physical RAM")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per case (default 10, quick 3)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 2, quick 1)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -377,7 +416,8 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     m, v = report["machine"], report["machine"]["versions"]
-    peak = max(max(c["jax"]["matmul_gflops"], c["torch"]["matmul_gflops"]) for c in report["cases"])
+    ran = [c for c in report["cases"] if "skipped" not in c]
+    peak = max((max(c["jax"]["matmul_gflops"], c["torch"]["matmul_gflops"]) for c in ran), default=float("nan"))
     lines = [f"Command: `{report['command']}`", "",
              f"os.cpu_count() = {m['os_cpu_count']}; both frameworks pinned to {m['threads']} CPUs "
              f"(torch.set_num_threads({m['threads']}); XLA:CPU via CPU affinity); load average "
@@ -389,6 +429,9 @@ def markdown(report: dict) -> str:
              "PyTorch GFLOP/s (% peak) |", "|" + "---|" * 12]
     for c in report["cases"]:
         j, t, case = c["jax"], c["torch"], c["case"]
+        if "skipped" in c:
+            lines.append(f"| {case['name']} | {case['batch']} | 0 | skipped: {c['skipped']} |" + " |" * 8)
+            continue
         gflop = j["flops_per_step"] / 1e9
         jg, tg = gflop / j["step_s_median"], gflop / t["step_s_median"]
         lines.append(
@@ -397,7 +440,7 @@ def markdown(report: dict) -> str:
             f"{j['trace_s']:.1f} + {j['compile_s']:.1f} s | {t['first_step_s']:.1f} s | "
             f"{j['max_rss_mib']:.0f} / {t['max_rss_mib']:.0f} MiB | {gflop:.0f} | {jg:.0f} ({100 * jg / peak:.0f} %) | "
             f"{tg:.0f} ({100 * tg / peak:.0f} %) |")
-    gans = [c for c in report["cases"] if c["case"]["model"] == "gan"]
+    gans = [c for c in ran if c["case"]["model"] == "gan"]
     if gans:
         n = m["gen_batch"]
         lines += ["", f"| GAN generation (EMA G + text encoder) | ours img/s (batch {n}) | PyTorch img/s | "

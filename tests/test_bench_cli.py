@@ -1,0 +1,42 @@
+"""bench/bench_vs_torch.py's case selection and report (no workers run here)."""
+
+import argparse
+
+import pytest
+
+from bench import bench_vs_torch as bench
+
+
+def _args(**kw):
+    base = dict(quick=False, gan_cases="64x16,128x16:3", text_finetune="partial", models="gan,l1")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_parse_gan_cases_reads_size_batch_and_steps():
+    assert bench.parse_gan_cases("64x64, 128x16:3") == [(64, 64, None), (128, 16, 3)]
+    with pytest.raises(SystemExit, match="SIZExBATCH"):
+        bench.parse_gan_cases("64-16")
+
+
+def test_cases_follow_flags():
+    cases = bench.cases_for(_args())
+    assert [(c["model"], c["image_size"], c["batch"], c.get("steps")) for c in cases] == [
+        ("gan", 64, 16, None), ("gan", 128, 16, 3), ("l1", 215, 10, None)]
+    assert "train.batch_size=16" in cases[0]["overrides"] and "data.image_size=128" in cases[1]["overrides"]
+    assert [c["image_size"] for c in bench.cases_for(_args(quick=True, models="gan"))] == [64]
+
+
+def test_markdown_reports_a_skipped_case_and_the_ratios():
+    run = {"case": {"model": "l1", "name": "L1 215 px", "batch": 10},
+           "jax": {"matmul_gflops": 100.0, "flops_per_step": 2e11, "step_s": [1.0] * 3, "step_s_median": 1.0,
+                   "images_per_s": 10.0, "trace_s": 1.0, "compile_s": 2.0, "max_rss_mib": 100.0},
+           "torch": {"matmul_gflops": 90.0, "step_s": [4.0] * 3, "step_s_median": 4.0, "images_per_s": 2.5,
+                     "first_step_s": 5.0, "max_rss_mib": 80.0}}
+    skipped = {"case": {"model": "gan", "name": "GAN 128 px", "batch": 64}, "jax": {}, "torch": {},
+               "skipped": "our compiled step needs 30.0 GiB"}
+    report = {"command": "python bench/bench_vs_torch.py", "cases": [skipped, run],
+              "machine": {"os_cpu_count": 2, "threads": 2, "load_before": [1, 1, 1], "load_after": [1, 1, 1],
+                          "gen_batch": 64, "versions": {k: "x" for k in ("jax", "flax", "torch", "transformers")}}}
+    text = bench.markdown(report)
+    assert "skipped: our compiled step needs 30.0 GiB" in text
+    assert "**4.00**" in text and "200 (200 %)" in text  # 10 / 2.5 img/s; 200 GFLOP / 1 s vs a 100 GFLOP/s peak

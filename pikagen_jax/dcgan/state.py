@@ -12,7 +12,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from pikagen_jax.gan.state import compute_dtype
+from pikagen_jax.training.precision import compute_dtype
 from pikagen_jax.losses.dcgan import DCGAN_RECOMMENDED, WGAN_GP_RECOMMENDED
 from pikagen_jax.models.dcgan import NORMS, Discriminator, Generator
 

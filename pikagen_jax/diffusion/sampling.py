@@ -104,7 +104,8 @@ def load_sampling_networks(workdir: Path, stage: str, step: int | None = None
                            ) -> tuple[ml_collections.ConfigDict, tuple[nnx.Module, ...], int]:
     """(config, (text encoder, VAE, EMA U-Net, latent stats), step) restored from a stage's checkpoint."""
     from pikagen_jax.diffusion.train import stage_dir
-    from pikagen_jax.gan.state import build_text_encoder, compute_dtype
+    from pikagen_jax.gan.state import build_text_encoder
+    from pikagen_jax.training.precision import compute_dtype
     from pikagen_jax.training.checkpointing import Checkpointer
 
     checkpointer = Checkpointer(stage_dir(workdir, stage), read_only=True)

@@ -42,7 +42,8 @@ def load_gan_for_sampling(workdir: str | Path, step: int | None = None, best: bo
     `step`, or the best one with `best`)."""
     import ml_collections
 
-    from pikagen_jax.gan.state import build_generator, build_text_encoder, compute_dtype
+    from pikagen_jax.gan.state import build_generator, build_text_encoder
+    from pikagen_jax.training.precision import compute_dtype
     from pikagen_jax.training.checkpointing import Checkpointer
 
     workdir = Path(workdir)

@@ -10,17 +10,10 @@ from flax import nnx
 
 from pikagen_jax.models.gan import Discriminator, Generator
 from pikagen_jax.models.text_encoder import TextEncoder
+from pikagen_jax.training.precision import compute_dtype
 
 # Names under which the parts are checkpointed (generation restores only text_encoder + ema_generator).
 CHECKPOINT_ITEMS = ("text_encoder", "generator", "discriminator", "ema_generator", "opt_g", "opt_d", "opt_text")
-
-
-def compute_dtype(config: ml_collections.ConfigDict):
-    """bfloat16 compute for `train.mixed_precision='bfloat16'`, else float32 (params are always float32)."""
-    precision = config.train.mixed_precision
-    if precision not in ("float32", "bfloat16"):
-        raise ValueError(f"train.mixed_precision must be 'float32' or 'bfloat16', got {precision!r}")
-    return jnp.bfloat16 if precision == "bfloat16" else jnp.float32
 
 
 def build_text_encoder(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype=jnp.float32) -> TextEncoder:

@@ -6,7 +6,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from pikagen_jax.gan.state import compute_dtype
+from pikagen_jax.training.precision import compute_dtype
 from pikagen_jax.models.l1_model import L1Model, L1ModelConfig
 
 # Names under which the parts are checkpointed.

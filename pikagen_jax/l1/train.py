@@ -126,7 +126,7 @@ def _load_clip(config: ml_collections.ConfigDict):
     """A ClipScorer of `clip.checkpoint` (JAX CLIP model + BPE tokenizer), or None without a checkpoint."""
     if not config.clip.checkpoint:
         return None
-    from pikagen_jax.gan.state import compute_dtype
+    from pikagen_jax.training.precision import compute_dtype
     from pikagen_jax.metrics.clip_score import ClipScorer
     from pikagen_jax.models.clip import CLIPModel
 

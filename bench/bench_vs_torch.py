@@ -2,6 +2,8 @@ r"""Side-by-side benchmark of our jitted train steps against faithful PyTorch re
 
     python bench/bench_vs_torch.py                       # GAN 64/128 px × batch 64/16, L1 215 px batch 10
     python bench/bench_vs_torch.py --quick --profile     # GAN 64 px batch 16 + L1, 3 steps; profile our GAN step
+    python bench/bench_vs_torch.py --gan_cases=64x16,128x16:2 --models=gan   # chosen cases (':2' = 2 timed steps)
+    python bench/bench_vs_torch.py --report=workdirs/bench_vs_torch.json     # the tables of an earlier run
 
 Per case, one JAX and one PyTorch worker process run side by side (each framework in its own process, so
 peak resident memory is separable) and take turns step by step, so both see the same machine load. Both
@@ -10,7 +12,8 @@ affinity (jaxlib 0.10.2 sizes its intra-op pool from it; `intra_op_parallelism_t
 Measured: train-step throughput (median of `--steps` steps after `--warmup`), our trace + compile time and
 PyTorch's first step, peak RSS, XLA's FLOP count per step as a fraction of the measured matmul peak
 (2048² float32, best of 5), and for the GAN generation throughput at batch 64 and single-prompt latency
-(EMA generator). Writes `--out` (JSON) and prints Markdown tables.
+(EMA generator). Writes `--out` (JSON, after every case) and prints Markdown tables. A case whose
+compiled step needs more than `--max_memory_fraction` of physical RAM (XLA's memory analysis) is skipped.
 
 Both sides do the same work in float32 on random batches: our `make_train_step`s with configs/gan.py
 (seed-002 widths, text encoder BERT-mini with random init, partial fine-tuning by default) and configs/l1.py
@@ -381,11 +384,15 @@ def main() -> None:
     parser.add_argument("--gen_reps", type=int, default=None, help="timed generation calls (default 5, quick 3)")
     parser.add_argument("--profile", action="store_true", help="also profile our step in the first GAN case")
     parser.add_argument("--out", default="workdirs/bench_vs_torch.json", help="JSON results (workdirs/ is git-ignored)")
+    parser.add_argument("--report", metavar="JSON", help="only print the Markdown tables of an earlier --out file")
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker_main(args.worker, json.loads(args.case), args.threads)
+    if args.report:
+        print(markdown(json.loads(Path(args.report).read_text())))
+        return
     args.steps = args.steps or (3 if args.quick else 10)
     args.warmup = max(1, args.warmup or (1 if args.quick else 2))
     args.gen_reps = args.gen_reps or (3 if args.quick else 5)
@@ -398,16 +405,19 @@ def main() -> None:
     start, load_before = time.time(), os.getloadavg()
     cases = cases_for(args)
     first_gan = next((i for i, c in enumerate(cases) if c["model"] == "gan"), None)
-    results = [run_case(case, args, profile=args.profile and i == first_gan) for i, case in enumerate(cases)]
-    report = {
-        "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
-        "machine": {"os_cpu_count": os.cpu_count(), "threads": args.threads, "load_before": load_before,
-                    "load_after": os.getloadavg(), "wall_s": time.time() - start, "gen_batch": args.gen_batch,
-                    "versions": {name: version(name) for name in ("jax", "jaxlib", "flax", "torch", "transformers")}},
-        "cases": results,
-    }
+    results: list[dict] = []
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    for i, case in enumerate(cases):
+        results.append(run_case(case, args, profile=args.profile and i == first_gan))
+        report = {  # rewritten after every case, so an interrupted run keeps what it measured
+            "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
+            "machine": {"os_cpu_count": os.cpu_count(), "threads": args.threads, "load_before": load_before,
+                        "load_after": os.getloadavg(), "wall_s": time.time() - start, "gen_batch": args.gen_batch,
+                        "versions": {name: version(name)
+                                     for name in ("jax", "jaxlib", "flax", "torch", "transformers")}},
+            "cases": results, "complete": i == len(cases) - 1,
+        }
+        Path(args.out).write_text(json.dumps(report, indent=2))
     print(markdown(report))
 
 

@@ -1,15 +1,20 @@
-"""plot_curves reads CLU/TensorBoard scalars across resumed runs and draws them."""
+"""plot_curves reads CLU/TensorBoard scalars across resumed runs and draws them.
+
+CLU (and with it TensorFlow) is imported inside the tests: importing TensorFlow at collection time, before
+another module imports torch/triton, segfaults this stack.
+"""
 
 import time
 
 import numpy as np
 import pytest
-from clu import metric_writers
 
 from pikagen_jax import plot_curves
 
 
 def _write(logdir, points):
+    from clu import metric_writers
+
     writer = metric_writers.create_default_writer(str(logdir), just_logging=False)
     for step, values in points:
         writer.write_scalars(step, values)

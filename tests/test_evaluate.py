@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pikagen_jax import evaluate
+from pikagen_jax import evaluate, plot_curves
 from pikagen_jax.config_utils import load_config
 from pikagen_jax.gan import evaluation as gan_evaluation
 from pikagen_jax.metrics.fid import ReferenceStats
@@ -150,16 +150,8 @@ def test_in_training_eval_fn(gan_workdir, metric):
 
 
 def _tensorboard_scalars(logdir: Path) -> dict[str, float]:
-    import tensorflow as tf
-
-    scalars = {}
-    for path in sorted(logdir.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                array = tf.make_ndarray(value.tensor) if value.HasField("tensor") else None
-                if array is not None and array.size == 1 and array.dtype.kind == "f":
-                    scalars[value.tag] = float(array.reshape(()))
-    return scalars
+    """The last logged value of every scalar tag in `logdir`'s event files."""
+    return {tag: points[max(points)] for tag, points in plot_curves.read_scalars(logdir).items()}
 
 
 def _configure(config, **values):

@@ -67,7 +67,8 @@ class CompileCounter:
 def enable_persistent_cache(directory: str | Path | None = None) -> Path | None:
     """Points JAX's persistent compilation cache at `directory` unless one is already configured.
 
-    Default: `<pikagen_jax cache dir>/jax_compilation_cache` (`$PIKAGEN_JAX_CACHE`, else `~/.cache/pikagen_jax`).
+    Default: `default_cache_dir() / 'jax_compilation_cache'` (`$PIKAGEN_JAX_CACHE`, `$XDG_CACHE_HOME/pikagen_jax`
+    or `~/.cache/pikagen_jax`).
     A set `JAX_COMPILATION_CACHE_DIR` / `--jax_compilation_cache_dir` wins, and `--jax_compilation_cache_dir=''`
     is not overridden either. Programs that take longer than `jax_persistent_cache_min_compile_time_secs` (1 s)
     to compile are stored; the key covers the program, the devices, the flags and the JAX version, so a stale

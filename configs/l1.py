@@ -16,7 +16,8 @@ Epochs: seed 000 stored every rotation of a training sprite as its own example, 
 `train.epoch_counts_rotations` one epoch is `rotations` passes over the training species (the pipeline
 draws one of the rotations per example on the fly). `train.num_steps=0` derives the step count from
 `train.num_epochs`; evaluation, sample sheets and the learning curve run every `eval.every_epochs` /
-`report.every_epochs` epochs.
+`report.every_epochs` epochs. `train.early_stop_patience=N` ends the run once validation L1 has not
+improved for N evaluations (e.g. `--config.train.early_stop_patience=3`: "until val L1 stops improving").
 """
 
 from __future__ import annotations
@@ -92,6 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "nonfinite_policy": "stop",  # non-finite loss: "stop" with a message, or "skip" the update
         "log_every": 50,
         "sample_every": 0,  # derived from report.every_epochs
+        # Stop when validation L1 has not improved by more than early_stop_min_delta for this many
+        # evaluations (0: train all num_epochs, as the seed did). Decided from learning_curves.json, so a
+        # resumed run stops where an uninterrupted one would.
+        "early_stop_patience": 0,
+        "early_stop_min_delta": 0.0,
     })
     config.eval = ml_collections.ConfigDict({
         "every_epochs": 1,  # validation L1 (and the learning-curve point) every N epochs

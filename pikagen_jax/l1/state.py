@@ -46,6 +46,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"eval.{name} must be >= 1, got {config.eval[name]}")
     if config.report.every_epochs < 1 or config.report.num_examples < 1:
         raise ValueError("report.every_epochs and report.num_examples must be >= 1")
+    if config.train.early_stop_patience < 0 or config.train.early_stop_min_delta < 0:
+        raise ValueError("train.early_stop_patience and train.early_stop_min_delta must be >= 0 (patience 0 = "
+                         f"no early stopping), got {config.train.early_stop_patience} and "
+                         f"{config.train.early_stop_min_delta}")
     compute_dtype(config)  # checks train.mixed_precision
     model_config(config)  # checks the model fields
 

@@ -33,7 +33,7 @@ from pikagen_jax.l1 import report
 from pikagen_jax.l1.state import L1State, loss_needs_clip, validate_config
 from pikagen_jax.l1.steps import EpochMeans, Predictor, make_train_step
 from pikagen_jax.models.l1_model import parameter_count
-from pikagen_jax.training import checkpointing
+from pikagen_jax.training import checkpointing, early_stopping
 from pikagen_jax.training.logging import create_writer
 from pikagen_jax.training.loop import TrainResult, run_training
 from pikagen_jax.training.mesh import Mesh, make_mesh, replicate_nodes
@@ -145,9 +145,10 @@ def with_clip_tokens(config: ml_collections.ConfigDict, clip_model: nnx.Module |
 
 
 def final_evaluation(config: ml_collections.ConfigDict, workdir: Path, state: L1State, evaluator: SplitEvaluator,
-                     steps_per_epoch_: int) -> dict[str, Any]:
+                     steps_per_epoch_: int, result: TrainResult | None = None) -> dict[str, Any]:
     """Restores the best checkpoint (else keeps the latest weights), evaluates `eval.splits`, writes
-    results.json and `final/*` TensorBoard scalars; returns the results."""
+    results.json and `final/*` TensorBoard scalars; returns the results. With the run's `result`, results.json
+    also records the trained steps and why the run stopped early (None: it ran all `train.num_steps`)."""
     checkpointer = checkpointing.Checkpointer.from_config(workdir, config, read_only=True)
     try:
         source, step = "latest", checkpointer.latest_step()
@@ -160,6 +161,9 @@ def final_evaluation(config: ml_collections.ConfigDict, workdir: Path, state: L1
         checkpointer.close()
     results: dict[str, Any] = {"checkpoint": source, "step": step, "epoch": (step or 0) / steps_per_epoch_,
                                "best_" + (config.checkpoint.best_metric or "metric"): best_value}
+    if result is not None:
+        results.update({"trained_steps": result.final_step, "trained_epochs": result.final_step / steps_per_epoch_,
+                        "stopped_early": result.stopped_early})
     for split in config.eval.splits:
         try:
             results.update(evaluator.evaluate(split, clip_score=split == "test"))
@@ -218,7 +222,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             writer.write_images(step, {f"sheets/{split}": sheet[None]})
             report.save_figure(sheet, workdir / "sheets" / f"{split}_step_{step:07d}.png", pdf=config.report.pdf)
 
+    def stop_fn(step: int) -> str | None:
+        values = [p["val_l1"] for p in history.points if p["step"] <= step and "val_l1" in p]
+        return early_stopping.stop_reason(values, patience=int(config.train.early_stop_patience),
+                                          min_delta=float(config.train.early_stop_min_delta), name="val_l1")
+
     result = run_training(config, workdir, mesh=mesh, nodes=state.checkpoint_items(), train_step=train_step,
-                          sample_fn=sample_fn, eval_fn=eval_fn)
-    final_evaluation(config, workdir, state, evaluator, per_epoch)
+                          sample_fn=sample_fn, eval_fn=eval_fn, stop_fn=stop_fn)
+    final_evaluation(config, workdir, state, evaluator, per_epoch, result)
     return result

@@ -40,18 +40,22 @@ class TrainResult:
     steps_per_second: float
     first_step_compiles: int = 0  # XLA compilations inside the first train_step call of this process
     recompiles: int = 0  # compilations inside later train_step calls (0 unless shapes/dtypes changed)
+    stopped_early: str | None = None  # the reason stop_fn gave, when the run ended before train.num_steps
 
 
 def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh: Mesh,
                  nodes: Mapping[str, Any], train_step: Callable[[dict, int], Metrics],
                  sample_fn: Callable[[int, Any], None] | None = None,
-                 eval_fn: Callable[[int], dict[str, float]] | None = None) -> TrainResult:
+                 eval_fn: Callable[[int], dict[str, float]] | None = None,
+                 stop_fn: Callable[[int], str | None] | None = None) -> TrainResult:
     """Runs `config.train.num_steps` steps, resuming from the latest checkpoint in `workdir`.
 
     Samples every `train.sample_every` steps (`sample_fn(step, writer)`), evaluates every
     `eval.every_steps` (`eval_fn(step)`; the best checkpoint is kept by `checkpoint.best_metric`),
     checkpoints every `checkpoint.every_steps` and at the end. Non-finite metrics stop the run or are
-    counted as skipped updates, by `train.nonfinite_policy`.
+    counted as skipped updates, by `train.nonfinite_policy`. After each evaluation (and on resume)
+    `stop_fn(step)` may return a reason to stop early (e.g. `training.early_stopping.stop_reason`); the run
+    then checkpoints and ends, and `TrainResult.stopped_early` holds the reason.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -64,8 +68,13 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
     num_steps = int(config.train.num_steps)
     if start_step:
         logging.info("resumed from %s at step %d", workdir / "checkpoints", start_step)
+    stopped_early = stop_fn(start_step) if stop_fn is not None and 0 < start_step < num_steps else None
     if start_step >= num_steps:
         logging.info("already trained to step %d (train.num_steps=%d): nothing to do", start_step, num_steps)
+    elif stopped_early:
+        logging.info("the run stopped early at step %d: %s; nothing to do (raise the patience to continue)",
+                     start_step, stopped_early)
+        num_steps = start_step
     reporter = train_logging.ProgressReporter(num_train_steps=num_steps, log_every_steps=config.train.log_every,
                                               writer=writer)
     policy = config.train.nonfinite_policy
@@ -105,6 +114,15 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
                 logging.info("eval at step %d: %s", done, results)
                 if checkpointer.best_metric:
                     checkpointer.maybe_save_best(done, nodes, results, data_iterator=iterator, config=config)
+                if stop_fn is not None and done < num_steps and (reason := stop_fn(done)):
+                    logging.info("stopping early at step %d of %d: %s", done, num_steps, reason)
+                    stopped_early = reason
+                    if sample_fn is not None and done % config.train.sample_every:  # final samples
+                        with reporter.timed("sample"):
+                            sample_fn(done, writer)
+                    with reporter.timed("checkpoint"):
+                        checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=True)
+                    break
             if done % checkpointer.every_steps == 0 or done == num_steps:  # no host sync on other steps
                 with reporter.timed("checkpoint"):
                     checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=done == num_steps)
@@ -117,13 +135,14 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
         checkpointer.wait_until_finished()
         writer.flush()
     seconds = time.perf_counter() - started
-    steps = max(num_steps - start_step, 0)
+    steps = max(done - start_step, 0)
     if steps:
         logging.info("train step: %d XLA compilation(s) in its first call, %d recompilation(s) after",
                      first_compiles.count, later_compiles.count)
-    return TrainResult(final_step=max(num_steps, start_step), start_step=start_step, last_metrics=last,
+    return TrainResult(final_step=max(done, start_step), start_step=start_step, last_metrics=last,
                        seconds=seconds, steps_per_second=steps / seconds if seconds > 0 else 0.0,
-                       first_step_compiles=first_compiles.count, recompiles=later_compiles.count)
+                       first_step_compiles=first_compiles.count, recompiles=later_compiles.count,
+                       stopped_early=stopped_early)
 
 
 def _check_step_health(host: dict[str, float], step: int, policy: str) -> None:

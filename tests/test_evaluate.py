@@ -28,7 +28,8 @@ BATCH = 8  # one Inception / generator batch shape for the whole module: each co
 @pytest.fixture(scope="module", autouse=True)
 def isolated_cache(tmp_path_factory):
     """A private cache dir (reference stats land here) that links the converted Inception weights."""
-    from pikagen_jax.metrics.inception_weights import FID_HELPER_VERSION, converted_weights, default_cache_dir
+    from pikagen_jax.cache_dir import default_cache_dir
+    from pikagen_jax.metrics.inception_weights import FID_HELPER_VERSION, converted_weights
 
     name = f"fid_inception_fid_helper_{FID_HELPER_VERSION}.safetensors"
     try:

@@ -26,7 +26,7 @@ import scipy.special
 from flax import nnx
 
 from pikagen_jax.metrics.inception import InceptionV3
-from pikagen_jax.metrics.inception_weights import default_cache_dir
+from pikagen_jax.cache_dir import default_cache_dir
 
 
 def _as_features(features: np.ndarray | jax.Array, name: str) -> np.ndarray:

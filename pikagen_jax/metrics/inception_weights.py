@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pikagen_jax.cache_dir import default_cache_dir
 from pikagen_jax.metrics.inception import NUM_CLASSES, InceptionV3, Preprocess
 
 FID_HELPER_VERSION = "0.1.3"
@@ -62,14 +63,6 @@ _TORCHVISION_TENSORS = {"conv.weight": "conv/kernel", "bn.weight": "bn/scale", "
 
 class InceptionWeightsError(ValueError):
     """Inception weights are missing, unreadable, or do not match the FID Inception-v3."""
-
-
-def default_cache_dir() -> Path:
-    """`$PIKAGEN_JAX_CACHE`, else `$XDG_CACHE_HOME/pikagen_jax`, else `~/.cache/pikagen_jax` (not created)."""
-    if os.environ.get("PIKAGEN_JAX_CACHE"):
-        return Path(os.environ["PIKAGEN_JAX_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "pikagen_jax"
 
 
 def find_fid_helper_torchscript() -> Path | None:

@@ -75,7 +75,7 @@ def enable_persistent_cache(directory: str | Path | None = None) -> Path | None:
     entry is never used. On 2 CPU cores a GAN smoke step compiles in ~100 s the first time and loads in ~15 s
     after. Returns the directory in use (None when disabled).
     """
-    from pikagen_jax.metrics.inception_weights import default_cache_dir
+    from pikagen_jax.cache_dir import default_cache_dir
 
     current = jax.config.jax_compilation_cache_dir
     if current is not None or "JAX_COMPILATION_CACHE_DIR" in os.environ:

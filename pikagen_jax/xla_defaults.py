@@ -1,6 +1,6 @@
 """XLA:CPU flags this project sets by default (before JAX creates its CPU client), and how to opt out.
 
-Measured on the 2-core CI machine (jaxlib 0.10.2, BENCHMARKS.md "XLA flags"): YNNPACK's convolutions
+Measured on the 2-core CI machine (jaxlib 0.10.2, BENCHMARKS.md "Convolutions out of YNNPACK"): YNNPACK's convolutions
 compute 3×3 stride-1 kernel gradients at 26–50 GFLOP/s where XLA's Eigen convolutions reach 86–179, and
 their forward / input-gradient convolutions are slower too. Taking convolutions out of YNNPACK (its dots
 and other fusions stay) makes the seed-002 GAN step at 64 px batch 16 1.27× faster; the L1 model has no

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-MODES = ("min", "max")
+from pikagen_jax.training.checkpointing import BEST_MODES as MODES  # the best checkpoint's modes
 
 
 def evaluations_without_improvement(values: Sequence[float], *, min_delta: float = 0.0, mode: str = "min") -> int:

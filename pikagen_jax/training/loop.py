@@ -117,15 +117,15 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
                 if stop_fn is not None and done < num_steps and (reason := stop_fn(done)):
                     logging.info("stopping early at step %d of %d: %s", done, num_steps, reason)
                     stopped_early = reason
-                    if sample_fn is not None and done % config.train.sample_every:  # final samples
+                    if sample_fn is not None and done % config.train.sample_every:  # the last step's samples
                         with reporter.timed("sample"):
                             sample_fn(done, writer)
-                    with reporter.timed("checkpoint"):
-                        checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=True)
-                    break
-            if done % checkpointer.every_steps == 0 or done == num_steps:  # no host sync on other steps
+            last_step = done == num_steps or stopped_early is not None
+            if done % checkpointer.every_steps == 0 or last_step:  # no host sync on other steps
                 with reporter.timed("checkpoint"):
-                    checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=done == num_steps)
+                    checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=last_step)
+            if stopped_early is not None:
+                break
     except KeyboardInterrupt:  # Ctrl-C: keep the work of the last completed step, then stop
         if done > start_step:
             logging.warning("interrupted: saving step %d before exiting", done)

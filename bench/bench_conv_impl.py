@@ -1,10 +1,10 @@
-r"""XLA's convolution vs the im2col + matmul form (`pikagen_jax.models.conv_matmul`) for the seed-002
-discriminator's conv shapes: first-order gradient and MA-GP's second-order gradient (grad of a function
-of the input gradient), median wall time per call.
+r"""XLA's convolution vs the im2col + matmul and the space-to-depth forms (`pikagen_jax.models.conv_matmul`)
+for the seed-002 discriminator's conv shapes: forward, first-order gradient and MA-GP's second-order
+gradient (grad of a function of the input gradient), median wall time per call.
 
-    python bench/bench_conv_impl.py --batch=48      # 48 = 3 x 16: D sees real, fake and mismatched pairs
+    python bench/bench_conv_impl.py --batch=32      # 32 = 2 x 16: D's trunk sees the real and the fake batch
 
-This is the measurement behind `conv_impl='auto'` (matmul form for strided convs only).
+This is the measurement behind `conv_impl='auto'` (space-to-depth for strided convs, XLA's for stride 1).
 """
 
 from __future__ import annotations
@@ -35,17 +35,19 @@ def median_seconds(fn, *args, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=48)
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print("| conv | grad xla | grad matmul | 2nd-order xla | 2nd-order matmul | 2nd-order speed-up |")
-    print("|---|---|---|---|---|---|")
+    impls = ("xla", "matmul", "space_to_depth")
+    print("| conv | " + " | ".join(f"{what} {impl}" for what in ("fwd", "grad", "2nd-order") for impl in impls) + " |")
+    print("|---|" + "---|" * 3 * len(impls))
     for side, c_in, c_out, k, s, p in SHAPES:
         x = jax.random.normal(jax.random.key(0), (args.batch, side, side, c_in))
         w = jax.random.normal(jax.random.key(1), (k, k, c_in, c_out)) * 0.05
         ms = {}
-        for impl in ("xla", "matmul"):
+        for impl in impls:
             conv = lambda x, w, impl=impl: conv2d(x, w, (s, s), p, impl=impl)  # noqa: E731
+            forward = jax.jit(conv)
             first = jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.square(conv(x, w))), argnums=(0, 1)))
 
             def penalty(x, w, conv=conv):
@@ -53,10 +55,9 @@ def main() -> None:
                 return jnp.sum(grad_x ** 2)
 
             second = jax.jit(jax.grad(penalty, argnums=1))
-            ms[impl] = [1e3 * median_seconds(f, x, w, repeats=args.repeats) for f in (first, second)]
-        print(f"| {side} px {c_in}->{c_out} {k}x{k}/{s} | {ms['xla'][0]:.0f} ms | {ms['matmul'][0]:.0f} ms | "
-              f"{ms['xla'][1]:.0f} ms | {ms['matmul'][1]:.0f} ms | {ms['xla'][1] / ms['matmul'][1]:.1f}x |", flush=True)
-
+            ms[impl] = [1e3 * median_seconds(f, x, w, repeats=args.repeats) for f in (forward, first, second)]
+        cells = [f"{ms[impl][i]:.0f} ms" for i in range(3) for impl in impls]
+        print(f"| {side} px {c_in}->{c_out} {k}x{k}/{s} | " + " | ".join(cells) + " |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -188,7 +188,8 @@ class TorchGan:
         torch.manual_seed(0)
         size, self.length = case["image_size"], case["text_length"]
         text = tgan.TorchTextEncoder(tgan.bert_mini_config(), finetune=case["finetune"])
-        self.trainer = tgan.TorchGanTrainer(text, tgan.TorchGenerator(size), tgan.TorchDiscriminator(size))
+        self.trainer = tgan.TorchGanTrainer(text, tgan.TorchGenerator(size), tgan.TorchDiscriminator(size),
+                                            d_pass=case.get("torch_d_pass", "shared"))
         self.inputs = torch_inputs(*make_inputs(case["batch"], size, self.length))
 
     def setup(self) -> dict:
@@ -358,7 +359,7 @@ def cases_for(args) -> list[dict]:
     cases = []
     for size, batch, steps in parse_gan_cases("64x16" if args.quick else args.gan_cases):
         cases.append({"model": "gan", "image_size": size, "batch": batch, "finetune": args.text_finetune,
-                      "steps": steps,
+                      "steps": steps, "torch_d_pass": getattr(args, "torch_d_pass", "shared"),
                       "text_length": GAN_TEXT_LENGTH, "name": f"GAN {size} px", "overrides": [
                           f"data.image_size={size}", f"train.batch_size={batch}", "text.checkpoint=bert_mini",
                           f"text.finetune={args.text_finetune}", f"text.max_length={GAN_TEXT_LENGTH}"]})
@@ -380,6 +381,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--models", default="gan,l1", help="comma list: gan, l1")
     parser.add_argument("--text_finetune", default="partial", choices=("none", "partial", "full"))
+    parser.add_argument("--torch_d_pass", default="shared", choices=("shared", "separate"),
+                        help="how the PyTorch GAN computes L_D: 'shared' (DF-GAN's way, as ours: D's trunk on the real "
+                             "and fake batch once each, MA-GP from the real pass) or 'separate' (3B pass + MA-GP's own)")
     parser.add_argument("--gen_batch", type=int, default=64)
     parser.add_argument("--gen_reps", type=int, default=None, help="timed generation calls (default 5, quick 3)")
     parser.add_argument("--profile", action="store_true", help="also profile our step in the first GAN case")

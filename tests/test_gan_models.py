@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pikagen_jax.models.gan import Discriminator, Generator, channels_at
+from pikagen_jax.models.gan import Discriminator, Generator, _attention_heads_first, channels_at
 from pikagen_jax.models.spectral_norm import (SpectralNormConv, SpectralNormLinear, SpectralState,
-                                              spectral_normalize)
+                                              frozen_spectral_norm, spectral_normalize)
 
 B, T, SENT, TOK = 2, 5, 256, 256
 TINY = dict(base_channels=32, max_channels=64, num_groups=8)  # 8 groups: >1 channel per group at width 32
@@ -104,6 +104,44 @@ def test_spectral_normalize_rejects_zero_iterations():
 
 
 # -------------------------------------------------------------------------------------------- generator
+
+
+def test_frozen_spectral_norm_runs_one_power_iteration_and_reuses_the_kernel():
+    disc = Discriminator(16, sentence_dim=8, **{k: TINY[k] for k in ("base_channels", "max_channels")},
+                         rngs=nnx.Rngs(0))
+    u0 = np.asarray(disc.stem.u[...])
+    stats0 = jax.tree.map(jnp.copy, nnx.state(disc, SpectralState))
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+    sentence = jax.random.normal(jax.random.key(2), (2, 8))
+    with frozen_spectral_norm(disc, update_stats=True):
+        u1 = np.asarray(disc.stem.u[...])
+        first = disc(images, sentence)  # training mode, but the stored u must not move again
+        second = disc(images, sentence)
+        np.testing.assert_array_equal(np.asarray(disc.stem.u[...]), u1)
+    assert not np.allclose(u0, u1)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+    nnx.update(disc, stats0)
+    expected = disc(images, sentence)  # one ordinary training-mode call: one iteration from u0
+    np.testing.assert_allclose(np.asarray(first), np.asarray(expected), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(np.asarray(disc(images, sentence)), np.asarray(first))  # block closed: iterates again
+
+
+def test_heads_first_attention_equals_dot_product_attention_with_gradients():
+    keys = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(keys[0], (2, 7, 3, 5))
+    k, v = jax.random.normal(keys[1], (2, 4, 3, 5)), jax.random.normal(keys[2], (2, 4, 3, 5))
+    keep = jnp.asarray([[1, 1, 0, 1], [0, 0, 0, 0]]) > 0  # the second example has no kept token at all
+    weights = jax.random.normal(keys[3], (2, 7, 3, 5))
+
+    def loss(attend):
+        return lambda q, k, v: jnp.sum(attend(q, k, v) * weights)
+
+    ours = lambda q, k, v: _attention_heads_first(q, k, v, keep, 0.3)  # noqa: E731
+    reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=keep[:, None, None, :], scale=0.3)  # noqa: E731
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), atol=1e-6)
+    for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1, 2))(q, k, v), jax.grad(loss(reference), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(g_ours, g_ref, atol=1e-5)
+    assert float(jnp.abs(ours(q, k, v)[0, :, :, :] - ours(q, k.at[0, 2].add(5.0), v)[0]).max()) == 0.0  # masked key
 
 
 def test_channel_schedules_match_seed_tables():

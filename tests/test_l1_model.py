@@ -71,11 +71,24 @@ def test_conv_transpose_matches_torch(in_size, kernel, stride, padding, output_p
     layer.kernel[...] = jnp.asarray(reference.weight.detach().numpy().transpose(2, 3, 0, 1))
     layer.bias[...] = jnp.asarray(reference.bias.detach().numpy())
     x = np.random.RandomState(0).randn(2, in_size, in_size + 1, 3).astype(np.float32)
-    expected = reference(torch.tensor(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    x_torch = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)
+    expected_t = reference(x_torch)
+    expected = expected_t.detach().numpy().transpose(0, 2, 3, 1)
     out = np.asarray(layer(jnp.asarray(x)))
     assert out.shape == expected.shape
     assert out.shape[1] == layer.output_size(in_size)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+    # gradients (input, kernel, bias) of a weighted sum equal PyTorch autograd's
+    weights = np.random.RandomState(1).randn(*expected.shape).astype(np.float32)
+    (expected_t * torch.tensor(weights.transpose(0, 3, 1, 2))).sum().backward()
+
+    def loss(layer, x):
+        return jnp.sum(layer(x) * weights)
+
+    grads, grad_x = nnx.grad(loss, argnums=(0, 1))(layer, jnp.asarray(x))
+    np.testing.assert_allclose(grad_x, x_torch.grad.numpy().transpose(0, 2, 3, 1), atol=1e-4)
+    np.testing.assert_allclose(grads["kernel"][...], reference.weight.grad.numpy().transpose(2, 3, 0, 1), atol=1e-4)
+    np.testing.assert_allclose(grads["bias"][...], reference.bias.grad.numpy(), atol=1e-4)
 
 
 def test_seed_001_model_full_size_shape_and_schedule():

@@ -157,6 +157,58 @@ def test_discriminator_matches_torch_spectral_norm(downsample):
     np.testing.assert_allclose(np.asarray(disc.stem.u[...]), t_disc.stem.weight_u.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("downsample", ["strided", "avgpool"])
+def test_discriminator_loss_and_gradients_match_torch_dfgan_loss(downsample):
+    """Our shared-pass L_D (one power iteration, trunk on 2B, MA-GP from the real pass) equals DF-GAN's,
+    computed by the torch reference, in value and in the gradient of every discriminator weight."""
+    from pikagen_jax.gan.steps import discriminator_loss
+
+    disc = Discriminator(16, sentence_dim=DIM, downsample=downsample, **TINY, rngs=nnx.Rngs(0))
+    t_disc = tgan.TorchDiscriminator(16, sentence_dim=DIM, downsample=downsample, **TINY)
+    copy_into_torch(disc, t_disc)
+    rng = np.random.default_rng(3)
+    images, fake = (rng.uniform(-1, 1, (B, 16, 16, 3)).astype(np.float32) for _ in range(2))
+    sentence = text_batch()[0]
+
+    def loss_fn(d):
+        return discriminator_loss(d, images, fake, sentence, magp_weight=1.5, magp_power=6.0)
+
+    (loss, parts), grads = nnx.jit(nnx.value_and_grad(loss_fn, has_aux=True))(disc)
+    nchw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2)  # noqa: E731
+    t_loss = tgan.d_loss_shared(t_disc, nchw(images), nchw(fake), torch.from_numpy(sentence))
+    t_loss.backward()
+    assert float(parts["ma_gp"]) > 0
+    np.testing.assert_allclose(float(loss), t_loss.item(), rtol=1e-4)
+    t_grads = {name: p.grad.numpy() for name, p in t_disc.named_parameters()}
+    compared = 0
+    for path, grad in nnx.to_flat_state(grads):
+        *module_path, leaf = (str(p) for p in path)
+        g = np.asarray(grad.get_value())
+        g = g.transpose(3, 2, 0, 1) if leaf == "kernel" else g
+        theirs = t_grads[".".join(module_path) + (".weight_orig" if leaf == "kernel" else ".bias")]
+        np.testing.assert_allclose(g, theirs, atol=1e-5 * max(1.0, np.abs(theirs).max()), rtol=1e-3)
+        compared += 1
+    assert compared == len(t_grads)
+    np.testing.assert_allclose(np.asarray(disc.stem.u[...]), t_disc.stem.weight_u.numpy(), atol=1e-5)
+
+
+def test_torch_trainer_separate_and_shared_d_pass_give_the_same_loss():
+    """The reference's two ways to compute L_D (3B pass + MA-GP's own eval pass, or DF-GAN's shared pass)
+    agree: the eval-mode MA-GP pass uses the power-iteration vectors the training pass just stored."""
+    torch.manual_seed(0)
+    disc = tgan.TorchDiscriminator(16, sentence_dim=DIM, **TINY)
+    images, fake = torch.rand(B, 3, 16, 16) * 2 - 1, torch.rand(B, 3, 16, 16) * 2 - 1
+    sentence = torch.from_numpy(text_batch()[0])
+    state = {k: v.clone() for k, v in disc.state_dict().items()}
+    shared = tgan.d_loss_shared(disc, images, fake, sentence)
+    disc.load_state_dict(state)
+    logits = disc(torch.cat([images, fake, images]), torch.cat([sentence, sentence, torch.roll(sentence, 1, 0)]))
+    separate = tgan.d_hinge_loss(*logits.chunk(3)) + tgan.ma_gp(disc, images, sentence)
+    torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="d_pass"):
+        tgan.TorchGanTrainer(None, None, disc, d_pass="both")
+
+
 def test_torch_gan_step_trains_g_d_and_partial_text_encoder():
     torch.manual_seed(0)
     text = tgan.TorchTextEncoder(tgan.bert_mini_config(num_hidden_layers=1, hidden_size=DIM, num_attention_heads=2,

@@ -224,12 +224,20 @@ class TorchDiscriminator(nn.Module):
         self.head_out = sn_conv(widths[-1], 1, 4)
 
     def forward(self, images: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.features(images), sentence)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The text-free trunk: [B, 3, size, size] -> [B, C, 4, 4]."""
         x = self.stem(images)
         for block in self.blocks:
             x = block(x)
-        text = sentence[:, :, None, None].expand(-1, -1, *x.shape[2:])
-        x = F.leaky_relu(self.head_conv(torch.cat([x, text], dim=1)), LEAKY_SLOPE)
-        return self.head_out(x).view(images.shape[0])
+        return x
+
+    def logits(self, features: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+        """The conditional head: (features [B, C, 4, 4], sentence [B, S]) -> logits [B]."""
+        text = sentence[:, :, None, None].expand(-1, -1, *features.shape[2:])
+        x = F.leaky_relu(self.head_conv(torch.cat([features, text], dim=1)), LEAKY_SLOPE)
+        return self.head_out(x).view(features.shape[0])
 
 
 # ----------------------------------------------------------------------------------------- losses and step
@@ -241,27 +249,61 @@ def d_hinge_loss(real: torch.Tensor, fake: torch.Tensor, mismatch: torch.Tensor)
 
 def ma_gp(disc: TorchDiscriminator, images: torch.Tensor, sentence: torch.Tensor, *, weight: float = 1.5,
           power: float = 6.0) -> torch.Tensor:
-    """weight · mean_b(||[∂D/∂x_b, ∂D/∂s_b]||₂^power) on real images with matching text (DF-GAN's MA_GP).
-
-    D runs in eval mode here, so its spectral-norm power iteration is frozen (ours: update_stats=False)."""
+    """weight · mean_b(||[∂D/∂x_b, ∂D/∂s_b]||₂^power) on real images with matching text, from its own
+    forward pass (the 'separate' D pass). D runs in eval mode here, so its power iteration is frozen."""
     was_training = disc.training
     disc.eval()
     images = images.detach().requires_grad_(True)
     sentence = sentence.detach().requires_grad_(True)
     logits = disc(images, sentence)
+    penalty = ma_gp_from_logits(logits, images, sentence, weight=weight, power=power)
+    disc.train(was_training)
+    return penalty
+
+
+def ma_gp_from_logits(logits: torch.Tensor, images: torch.Tensor, sentence: torch.Tensor, *, weight: float = 1.5,
+                      power: float = 6.0) -> torch.Tensor:
+    """MA-GP from logits that `images` and `sentence` (both requires_grad) produced, as DF-GAN's MA_GP."""
     grad_images, grad_sentence = torch.autograd.grad(logits.sum(), (images, sentence), create_graph=True)
     squared = grad_images.pow(2).flatten(1).sum(1) + grad_sentence.pow(2).sum(1)
-    disc.train(was_training)
     return weight * (squared ** (power / 2)).mean()
 
 
+def d_loss_shared(disc: TorchDiscriminator, images: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor, *,
+                  magp_weight: float = 1.5, magp_power: float = 6.0) -> torch.Tensor:
+    """L_D as DF-GAN computes it (and `pikagen_jax.gan.steps.discriminator_loss`): D's trunk runs once on the
+    real and once on the fake batch, the real features serve the matching and the mismatched text, and MA-GP
+    differentiates the real batch's own forward pass. The real pass runs in D's mode (training: one power
+    iteration); the others in eval mode, which reuses the vectors it stored (the same normalised weights)."""
+    was_training = disc.training
+    images = images.detach().requires_grad_(True)
+    sentence_gp = sentence.detach().requires_grad_(True)
+    real_features = disc.features(images)
+    real = disc.logits(real_features, sentence_gp)
+    disc.eval()
+    sentence = sentence.detach()
+    fake_logits, mismatch = disc.logits(torch.cat([disc.features(fake), real_features]),
+                                        torch.cat([sentence, torch.roll(sentence, 1, dims=0)])).chunk(2)
+    disc.train(was_training)
+    gp = ma_gp_from_logits(real, images, sentence_gp, weight=magp_weight, power=magp_power)
+    return d_hinge_loss(real, fake_logits, mismatch) + gp
+
+
 class TorchGanTrainer:
-    """One D update (hinge on real / fake / mismatched text in one 3B pass + MA-GP), then one G + text
-    update, then the EMA generator, with Adam β=(0, 0.9) and the TTUR learning rates of configs/gan.py."""
+    """One D update (hinge on real / fake / mismatched text + MA-GP), then one G + text update, then the EMA
+    generator, with Adam β=(0, 0.9) and the TTUR learning rates of configs/gan.py.
+
+    `d_pass='shared'` (default) computes L_D as DF-GAN and our step do (`d_loss_shared`: D's trunk on 2B
+    images, MA-GP from the real batch's pass); 'separate' runs D on a 3B batch [real; fake; real] and
+    MA-GP on its own forward pass (the same loss, 4B images through D instead of 2B)."""
 
     def __init__(self, text: TorchTextEncoder, gen: TorchGenerator, disc: TorchDiscriminator, *,
                  lr_g: float = 1e-4, lr_d: float = 4e-4, lr_text: float = 2e-5, betas=(0.0, 0.9),
-                 magp_weight: float = 1.5, magp_power: float = 6.0, ema_decay: float = 0.999):
+                 magp_weight: float = 1.5, magp_power: float = 6.0, ema_decay: float = 0.999,
+                 d_pass: str = "shared"):
+        if d_pass not in ("shared", "separate"):
+            raise ValueError(f"d_pass must be 'shared' or 'separate', got {d_pass!r}")
+        self.d_pass = d_pass
         self.text, self.gen, self.disc = text, gen, disc
         self.ema_gen = copy.deepcopy(gen).requires_grad_(False)
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=lr_g, betas=betas)
@@ -279,11 +321,15 @@ class TorchGanTrainer:
         with torch.no_grad():
             tokens, sentence = self.text(ids, mask)
             fake = self.gen(torch.randn(batch, z_dim), sentence, tokens, mask)
-        logits = self.disc(torch.cat([images, fake, images]),
-                           torch.cat([sentence, sentence, torch.roll(sentence, 1, dims=0)]))
-        real, fake_logits, mismatch = logits.chunk(3)
-        d_loss = d_hinge_loss(real, fake_logits, mismatch) + ma_gp(
-            self.disc, images, sentence, weight=self.magp_weight, power=self.magp_power)
+        if self.d_pass == "shared":
+            d_loss = d_loss_shared(self.disc, images, fake, sentence, magp_weight=self.magp_weight,
+                                   magp_power=self.magp_power)
+        else:
+            logits = self.disc(torch.cat([images, fake, images]),
+                               torch.cat([sentence, sentence, torch.roll(sentence, 1, dims=0)]))
+            real, fake_logits, mismatch = logits.chunk(3)
+            d_loss = d_hinge_loss(real, fake_logits, mismatch) + ma_gp(
+                self.disc, images, sentence, weight=self.magp_weight, power=self.magp_power)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()

@@ -1,6 +1,7 @@
 """The GAN's jitted training step: one discriminator update, then one generator (+ text encoder) update.
 
-    D:  hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) + MA-GP (float32)
+    D:  hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) + MA-GP (float32); D's trunk runs on
+        the real and the fake batch once each, and MA-GP differentiates the real batch's pass
     G:  −D(G(z, s), s); the partially fine-tuned text encoder is trained through this loss (lr 2e-5)
 
 Randomness comes from `fold_in(key(seed), step)`, so a resumed run draws the same noise. A step whose
@@ -18,11 +19,43 @@ import optax
 from flax import nnx
 
 from pikagen_jax.gan.state import GanState
-from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp, mismatched_sentences
+from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp_with_logits, mismatched_sentences
+from pikagen_jax.models.gan import Discriminator
+from pikagen_jax.models.spectral_norm import frozen_spectral_norm
 from pikagen_jax.training.ema import ema_update, warmup_decay
 from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_state
 from pikagen_jax.training.jitted_step import make_jitted_step
 from pikagen_jax.training.mesh import Mesh
+
+
+def discriminator_loss(disc: Discriminator, images: jax.Array, fake: jax.Array, sentence: jax.Array, *,
+                       magp_weight: float, magp_power: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L_D = hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) + MA-GP, and its parts.
+
+    D's power iterations run once (on entry, stored: training mode) and every pass below uses the same
+    normalised weights. The text-free trunk runs on 2B images: the real batch's features serve both its
+    matching and its mismatched text, and in float32 the real batch's forward pass is the one MA-GP
+    differentiates (as DF-GAN's `pred_real`). With a bfloat16 discriminator MA-GP keeps its own float32 pass.
+    """
+    mismatched = mismatched_sentences(sentence)
+    with frozen_spectral_norm(disc, update_stats=True):
+        def real_pass(x, s):
+            features = disc.features(x, compute_dtype=jnp.float32)
+            return disc.logits(features, s, compute_dtype=jnp.float32), features
+
+        gp_kw = dict(weight=magp_weight, power=magp_power)
+        if jnp.dtype(disc.dtype) == jnp.float32:
+            gp, gp_parts, real, real_features = ma_gp_with_logits(real_pass, images, sentence, **gp_kw)
+            fake_features = disc.features(fake.astype(images.dtype))
+        else:
+            gp, gp_parts, _, _ = ma_gp_with_logits(real_pass, images, sentence, **gp_kw)
+            real_features, fake_features = jnp.split(
+                disc.features(jnp.concatenate([images, fake.astype(images.dtype)])), 2)
+            real = disc.logits(real_features, sentence)
+        fake_logits, mismatch = jnp.split(disc.logits(jnp.concatenate([fake_features, real_features]),
+                                                      jnp.concatenate([sentence, mismatched])), 2)
+    hinge, parts = d_hinge_loss(real, fake_logits, mismatch)
+    return hinge + gp, {**parts, **gp_parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
 
 
 def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
@@ -47,15 +80,8 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     fake = jax.lax.stop_gradient(state.generator(z, sentence, tokens, mask))
 
     def d_loss_fn(disc):
-        # real / fake / mismatched pairs in one 3B forward pass (one power iteration per step).
-        logits = disc(jnp.concatenate([images, fake.astype(images.dtype), images]),
-                      jnp.concatenate([sentence, sentence, mismatched_sentences(sentence)]))
-        real, fake_logits, mismatch = jnp.split(logits, 3)
-        hinge, parts = d_hinge_loss(real, fake_logits, mismatch)
-        gp, gp_parts = ma_gp(lambda x, s: disc(x, s, update_stats=False, compute_dtype=jnp.float32),
-                             images, sentence, weight=config.loss.magp_weight, power=config.loss.magp_power)
-        return hinge + gp, {**parts, **gp_parts, "d_real_logit": jnp.mean(real),
-                            "d_fake_logit": jnp.mean(fake_logits)}
+        return discriminator_loss(disc, images, fake, sentence, magp_weight=config.loss.magp_weight,
+                                  magp_power=config.loss.magp_power)
 
     (d_loss, d_parts), d_grads = nnx.value_and_grad(d_loss_fn, has_aux=True)(state.discriminator)
     state.opt_d.update(state.discriminator, d_grads)

@@ -11,7 +11,7 @@ Mismatched text is the batch's sentence embeddings rolled by one (`mismatched_se
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -61,11 +61,31 @@ def ma_gp(d_apply: Callable[[Array, Array], Array], images: Array, sentence: Arr
     Returns:
       (penalty, {"ma_gp": penalty, "ma_gp_grad_norm": mean_b ||g_b||₂ (no gradient)}).
     """
+    penalty, parts, _, _ = ma_gp_with_logits(lambda x, s: (d_apply(x, s), None), images, sentence,
+                                             weight=weight, power=power, eps=eps)
+    return penalty, parts
+
+
+def ma_gp_with_logits(d_apply: Callable[[Array, Array], tuple[Array, Any]], images: Array, sentence: Array, *,
+                      weight: float = 1.5, power: float = 6.0, eps: float = 1e-12
+                      ) -> tuple[Array, LossParts, Array, Any]:
+    """`ma_gp` that also hands back the forward pass it differentiates, so the hinge loss can reuse it.
+
+    `d_apply(images, sentence) -> (logits [B], aux)`; returns `(penalty, parts, logits, aux)`. Both
+    `logits` and `aux` (e.g. the discriminator's image features) stay differentiable with respect to the
+    discriminator's parameters, which is what DF-GAN does with `pred_real` (one forward pass of D on the
+    real batch serves the hinge term and the penalty).
+    """
     if power <= 0:
         raise ValueError(f"MA-GP power must be positive, got {power}")
     images = images.astype(jnp.float32)
     sentence = sentence.astype(jnp.float32)
-    logits, vjp = jax.vjp(lambda x, s: d_apply(x, s).astype(jnp.float32), images, sentence)
+
+    def logits_fn(x, s):
+        logits, aux = d_apply(x, s)
+        return logits.astype(jnp.float32), aux
+
+    logits, vjp, aux = jax.vjp(logits_fn, images, sentence, has_aux=True)
     if logits.shape != (images.shape[0],):
         raise ValueError(f"d_apply must return one logit per example, shape ({images.shape[0]},), "
                          f"got {logits.shape}")
@@ -81,4 +101,4 @@ def ma_gp(d_apply: Callable[[Array, Array], Array], images: Array, sentence: Arr
         norm_pow = (squared_norm + eps) ** half_power
     penalty = weight * jnp.mean(norm_pow)
     grad_norm = jnp.mean(jnp.sqrt(jax.lax.stop_gradient(squared_norm)))
-    return penalty, {"ma_gp": penalty, "ma_gp_grad_norm": grad_norm}
+    return penalty, {"ma_gp": penalty, "ma_gp_grad_norm": grad_norm}, logits, aux

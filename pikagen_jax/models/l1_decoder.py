@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pikagen_jax.models.conv_matmul import conv2d_stride1
 from pikagen_jax.models.l1_encoder import AttentionBlock, linear
 
 Array = jax.Array
@@ -59,10 +60,12 @@ class TorchConvTranspose(nnx.Module):
 
     A stride-s transposed convolution equals s² stride-1 convolutions of the input (one per output phase,
     each with every s-th kernel tap, flipped), interleaved by depth-to-space. The layer computes them as
-    one matrix product of the input's ceil(k/s)² shifted copies (im2col) with a [taps·C_in, s²·C_out]
-    kernel. On CPU this is what keeps training usable: XLA:CPU computes the kernel gradient of
-    `lax.conv_transpose` / `conv_general_dilated` through a slow generic path (forward + backward at batch
-    10, 2 cores: 8->16 px 1024->512 ch 7.0 s vs 0.33 s here; 64->128 px 128->64 ch 41 s vs 0.44 s).
+    one stride-1 ceil(k/s)×ceil(k/s) convolution with a [taps, taps, C_in, s²·C_out] kernel, through
+    `conv2d_stride1`, whose gradients stay plain stride-1 convolutions. On CPU this is what keeps training
+    usable: XLA:CPU computes the kernel gradient of `lax.conv_transpose` / `conv_general_dilated` (and of a
+    padded stride-1 conv, differentiated by JAX's own rules) through a slow generic path: forward + backward
+    at batch 10, 2 cores, 64->128 px 128->64 ch 13.1 s with XLA's rules, 0.36 s as im2col + matmul (the
+    previous form), 0.21 s here (BENCHMARKS.md).
     The full output, (in − 1)·s + k pixels a side, is then cropped as PyTorch does: `padding` pixels from
     each side, `output_padding` given back at the end.
 
@@ -106,10 +109,7 @@ class TorchConvTranspose(nnx.Module):
         s, taps = self.stride, -(-self.kernel_size // self.stride)
         batch, height, width, c_in = x.shape
         rows, cols = height + taps - 1, width + taps - 1
-        padded = jnp.pad(x.astype(self.dtype), ((0, 0), (taps - 1, taps - 1), (taps - 1, taps - 1), (0, 0)))
-        patches = jnp.concatenate([padded[:, t:t + rows, u:u + cols] for t in range(taps) for u in range(taps)],
-                                  axis=-1)
-        y = patches @ self._phase_kernel().reshape(taps * taps * c_in, -1)
+        y = conv2d_stride1(x.astype(self.dtype), self._phase_kernel(), ((taps - 1, taps - 1), (taps - 1, taps - 1)))
         y = y.reshape(batch, rows, cols, s, s, -1).transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows * s, cols * s, -1)
         out_h, out_w = self.output_size(height), self.output_size(width)
         p = self.padding

@@ -10,11 +10,18 @@ The power-iteration vector `u` is a `SpectralState` (a subclass of `nnx.BatchSta
 runs `n_power_iterations` power iterations and stores the new `u` (as PyTorch's `spectral_norm` does); in
 eval mode (`module.eval()`, or `update_stats=False` at call time) `u` is read but never written, so the
 call is pure and can sit inside `jax.grad` / `jax.vjp`.
+
+`frozen_spectral_norm(module)` computes every layer's `W / sigma(W)` once and makes the calls inside the
+block reuse it, so a discriminator that runs several times in one step (hinge terms, MA-GP) runs one power
+iteration and uses the same normalised weights everywhere, as PyTorch's `spectral_norm` does when the
+gradient penalty reuses the hinge loss's forward pass.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +30,11 @@ from flax import nnx
 from pikagen_jax.models.conv_matmul import CONV_IMPLS, ConvImpl, Padding, conv2d
 
 Array = jax.Array
+
+
+# id(layer) -> W / sigma(W), while a `frozen_spectral_norm` block is open (kept off the modules, whose
+# attributes NNX treats as static or as state).
+_FROZEN_KERNELS: contextvars.ContextVar[dict[int, Array]] = contextvars.ContextVar("frozen_kernels", default={})
 
 
 class SpectralState(nnx.BatchStat):
@@ -81,7 +93,12 @@ class _SpectralNormBase(nnx.Module):
         self.use_running_average = False
 
     def normalized_kernel(self, update_stats: bool | None = None) -> Array:
-        """W / sigma(W) in float32; in training mode (or update_stats=True) also stores the new `u`."""
+        """W / sigma(W) in float32; in training mode (or update_stats=True) also stores the new `u`.
+
+        Inside `frozen_spectral_norm` it returns the kernel computed on entry and `update_stats` is ignored."""
+        frozen = _FROZEN_KERNELS.get().get(id(self))
+        if frozen is not None:
+            return frozen
         update = (not self.use_running_average) if update_stats is None else update_stats
         kernel, u, _ = spectral_normalize(self.kernel[...], self.u[...],
                                           n_power_iterations=self.n_power_iterations, eps=self.eps)
@@ -98,12 +115,33 @@ class _SpectralNormBase(nnx.Module):
         return jnp.dtype(compute_dtype or self.dtype or x.dtype)
 
 
+@contextlib.contextmanager
+def frozen_spectral_norm(module: nnx.Module, *, update_stats: bool | None = None) -> Iterator[None]:
+    """Within the block, every spectral-norm layer of `module` uses the `W / sigma(W)` computed on entry.
+
+    On entry each layer runs its power iteration once (storing the new `u` when `update_stats` is True, or
+    when it is None and the layer is in training mode); calls inside the block then read that kernel and
+    mutate nothing, so they may sit inside `jax.vjp` / `jax.grad`. Gradients flow into the raw kernels.
+    """
+    layers = [node for _, node in nnx.iter_graph(module) if isinstance(node, _SpectralNormBase)]
+    frozen = dict(_FROZEN_KERNELS.get())
+    for layer in layers:
+        frozen.pop(id(layer), None)  # a nested block recomputes
+    token = _FROZEN_KERNELS.set(frozen)
+    try:
+        for layer in layers:
+            frozen[id(layer)] = layer.normalized_kernel(update_stats)
+        yield
+    finally:
+        _FROZEN_KERNELS.reset(token)
+
+
 class SpectralNormConv(_SpectralNormBase):
     """2-D convolution (NHWC) whose HWIO kernel is spectrally normalised on every call.
 
-    `conv_impl` ('auto', 'matmul', 'xla'; see `pikagen_jax.models.conv_matmul`): 'auto' computes strided
-    convolutions as one matmul of shifted input copies, which XLA:CPU differentiates (twice, for MA-GP)
-    about ten times faster than its strided convolution.
+    `conv_impl` ('auto', 'space_to_depth', 'matmul', 'xla'; see `pikagen_jax.models.conv_matmul`): 'auto'
+    computes strided convolutions as space-to-depth + a stride-1 conv, which XLA:CPU differentiates (twice,
+    for MA-GP) many times faster than its strided convolution.
     """
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int],

@@ -13,9 +13,10 @@ samples of a batch, which invalidates the per-sample gradient penalty (see `pika
 Both take `train` at call time: True uses batch statistics and updates the BN running averages.
 
 On CPU, XLA differentiates transposed and strided convolutions through a slow generic path, so the
-generator's transposed convs are `TorchConvTranspose` (PyTorch's ConvTranspose2d as one matmul) and the
-discriminator's strided convs `StridedConv` (im2col + matmul, `pikagen_jax.models.conv_matmul`): the same
-functions, 6-8x faster to train on 2 CPU cores.
+generator's transposed convs are `TorchConvTranspose` (PyTorch's ConvTranspose2d as one stride-1 conv with
+gradients kept in fast forms) and the discriminator's strided convs `StridedConv` (space-to-depth + a stride-1
+conv, `pikagen_jax.models.conv_matmul`): the same functions, 6-8x faster to train on 2 CPU cores (measured
+with the earlier im2col + matmul forms, which the current ones beat: BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ class _NormAct(nnx.Module):
 
 
 class StridedConv(nnx.Module):
-    """A convolution (HWIO kernel, optional bias) computed by `conv_matmul.conv2d`: as im2col + matmul when
-    strided, with XLA's convolution otherwise."""
+    """A convolution (HWIO kernel, optional bias) computed by `conv_matmul.conv2d`: as space-to-depth + a
+    stride-1 conv when strided, with XLA's convolution otherwise."""
 
     def __init__(self, in_features: int, out_features: int, kernel_size: int, strides: int, padding: Any, *,
                  use_bias: bool, dtype: Any, rngs: nnx.Rngs):

@@ -56,7 +56,7 @@ def final_conv_padding(in_size: int, image_size: int, kernel: int, stride: int =
 
 
 class TorchConvTranspose(nnx.Module):
-    """`torch.nn.ConvTranspose2d` (padding, output_padding, weights) on NHWC inputs, as a sub-pixel matmul.
+    """`torch.nn.ConvTranspose2d` (padding, output_padding, weights) on NHWC inputs, as a sub-pixel stride-1 conv.
 
     A stride-s transposed convolution equals s² stride-1 convolutions of the input (one per output phase,
     each with every s-th kernel tap, flipped), interleaved by depth-to-space. The layer computes them as
@@ -64,8 +64,8 @@ class TorchConvTranspose(nnx.Module):
     `conv2d_stride1`, whose gradients stay plain stride-1 convolutions. On CPU this is what keeps training
     usable: XLA:CPU computes the kernel gradient of `lax.conv_transpose` / `conv_general_dilated` (and of a
     padded stride-1 conv, differentiated by JAX's own rules) through a slow generic path: forward + backward
-    at batch 10, 2 cores, 64->128 px 128->64 ch 13.1 s with XLA's rules, 0.36 s as im2col + matmul (the
-    previous form), 0.21 s here (BENCHMARKS.md).
+    at batch 10, 2 cores, 64->128 px 128->64 ch 12.8 s with XLA's rules, 0.36 s as im2col + matmul (the
+    previous form), 0.22 s here (`bench/bench_conv_impl.py --model=l1`, BENCHMARKS.md).
     The full output, (in − 1)·s + k pixels a side, is then cropped as PyTorch does: `padding` pixels from
     each side, `output_padding` given back at the end.
 

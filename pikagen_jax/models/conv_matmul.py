@@ -50,22 +50,31 @@ def explicit_padding(padding: Padding, kernel_size: tuple[int, int], strides: tu
     return pairs  # type: ignore[return-value]
 
 
+def _conv_geometry(name: str, x: Array, kernel: Array, strides: tuple[int, int], padding: Padding
+                   ) -> tuple[tuple[int, int], tuple[int, int], int, int]:
+    """Checks NHWC x / HWIO kernel for `name`; returns (explicit padding pairs, output height, output width)."""
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
+        raise ValueError(f"{name} needs x [B, H, W, C] and kernel [kh, kw, C, C_out] with equal C, got "
+                         f"{x.shape} and {kernel.shape}")
+    kh, kw = kernel.shape[:2]
+    sh, sw = strides
+    (top, bottom), (left, right) = explicit_padding(padding, (kh, kw), (sh, sw), x.shape[1:3])
+    padded = (x.shape[1] + top + bottom, x.shape[2] + left + right)
+    out_h, out_w = (padded[0] - kh) // sh + 1, (padded[1] - kw) // sw + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"a {kh}x{kw} kernel does not fit the padded input {padded}")
+    return (top, bottom), (left, right), out_h, out_w
+
+
 def conv2d_matmul(x: Array, kernel: Array, strides: tuple[int, int] = (1, 1), padding: Padding = "VALID") -> Array:
     """`lax.conv_general_dilated(x, kernel, strides, padding, ('NHWC', 'HWIO', 'NHWC'))` as patches @ kernel.
 
     x: [B, H, W, C_in]; kernel: [kh, kw, C_in, C_out] -> [B, H', W', C_out], computed in x's dtype.
     """
-    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
-        raise ValueError(f"conv2d_matmul needs x [B, H, W, C] and kernel [kh, kw, C, C_out] with equal C, got "
-                         f"{x.shape} and {kernel.shape}")
+    (top, bottom), (left, right), out_h, out_w = _conv_geometry("conv2d_matmul", x, kernel, strides, padding)
     kh, kw, c_in, c_out = kernel.shape
     sh, sw = strides
-    (top, bottom), (left, right) = explicit_padding(padding, (kh, kw), (sh, sw), x.shape[1:3])
     padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    out_h = (padded.shape[1] - kh) // sh + 1
-    out_w = (padded.shape[2] - kw) // sw + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"a {kh}x{kw} kernel does not fit the padded input {padded.shape[1:3]}")
     patches = jnp.concatenate([padded[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
                                for i in range(kh) for j in range(kw)], axis=-1)
     return patches @ kernel.reshape(kh * kw * c_in, c_out)
@@ -118,16 +127,10 @@ def conv2d_space_to_depth(x: Array, kernel: Array, strides: tuple[int, int], pad
     kernel is the original one regrouped (zero-padded to a multiple of s). Same values and FLOPs (up to that
     padding) as `lax.conv_general_dilated`, but every gradient of it is a stride-1 convolution too.
     """
-    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[3]:
-        raise ValueError(f"conv2d_space_to_depth needs x [B, H, W, C] and kernel [kh, kw, C, C_out] with equal C, "
-                         f"got {x.shape} and {kernel.shape}")
+    (top, bottom), (left, right), out_h, out_w = _conv_geometry("conv2d_space_to_depth", x, kernel, strides,
+                                                                 padding)
     kh, kw, c_in, c_out = kernel.shape
     sh, sw = strides
-    (top, bottom), (left, right) = explicit_padding(padding, (kh, kw), (sh, sw), x.shape[1:3])
-    out_h = (x.shape[1] + top + bottom - kh) // sh + 1
-    out_w = (x.shape[2] + left + right - kw) // sw + 1
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"a {kh}x{kw} kernel does not fit the padded input")
     ah, aw = -(-kh // sh), -(-kw // sw)  # kernel size in blocks
     kernel = jnp.pad(kernel, ((0, ah * sh - kh), (0, aw * sw - kw), (0, 0), (0, 0)))
     kernel = kernel.reshape(ah, sh, aw, sw, c_in, c_out).transpose(0, 2, 1, 3, 4, 5)

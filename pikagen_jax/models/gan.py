@@ -296,7 +296,6 @@ class Discriminator(nnx.Module):
     def __call__(self, images: Array, sentence: Array, *, update_stats: bool | None = None,
                  compute_dtype=None) -> Array:
         """`logits(features(images), sentence)`."""
-        _expect(sentence, (images.shape[0], self.sentence_dim), "sentence")
         kw = dict(update_stats=update_stats, compute_dtype=compute_dtype)
         return self.logits(self.features(images, **kw), sentence, **kw)
 
@@ -318,9 +317,9 @@ class Discriminator(nnx.Module):
         _expect(features, (batch, 4, 4, self.channels[-1]), "features")
         _expect(sentence, (batch, self.sentence_dim), "sentence")
         kw = dict(update_stats=update_stats, compute_dtype=compute_dtype)
-        x = features
-        text = jnp.broadcast_to(sentence[:, None, None, :].astype(x.dtype), (*x.shape[:3], self.sentence_dim))
-        x = nnx.leaky_relu(self.head_conv(jnp.concatenate([x, text], axis=-1), **kw), LEAKY_SLOPE)
+        text = jnp.broadcast_to(sentence[:, None, None, :].astype(features.dtype),
+                                (*features.shape[:3], self.sentence_dim))
+        x = nnx.leaky_relu(self.head_conv(jnp.concatenate([features, text], axis=-1), **kw), LEAKY_SLOPE)
         return self.head_out(x, **kw).reshape(batch).astype(jnp.float32)
 
 

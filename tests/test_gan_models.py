@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from pikagen_jax.models.gan import Discriminator, Generator, _attention_heads_first, channels_at
+from pikagen_jax.models.gan import CrossAttention, Discriminator, Generator, _attention_heads_first, channels_at
 from pikagen_jax.models.spectral_norm import (SpectralNormConv, SpectralNormLinear, SpectralState,
                                               frozen_spectral_norm, spectral_normalize)
 
@@ -142,6 +142,45 @@ def test_heads_first_attention_equals_dot_product_attention_with_gradients():
     for g_ours, g_ref in zip(jax.grad(loss(ours), (0, 1, 2))(q, k, v), jax.grad(loss(reference), (0, 1, 2))(q, k, v)):
         np.testing.assert_allclose(g_ours, g_ref, atol=1e-5)
     assert float(jnp.abs(ours(q, k, v)[0, :, :, :] - ours(q, k.at[0, 2].add(5.0), v)[0]).max()) == 0.0  # masked key
+
+
+@pytest.mark.parametrize("learnable", [False, True])
+def test_folded_cross_attention_equals_textbook_order_with_gradients(learnable):
+    """The folded order (projections moved onto the text side) computes the same function and gradients."""
+    channels, length = 6, 4
+    keys = jax.random.split(jax.random.key(3), 3)
+    x = jax.random.normal(keys[0], (2, 3, 5, channels))
+    tokens = jax.random.normal(keys[1], (2, length, 8))
+    mask = jnp.asarray([[1, 1, 0, 1], [0, 0, 0, 0]])  # the second example has no kept token at all
+    weights = jax.random.normal(keys[2], x.shape)
+    module = CrossAttention(channels, 8, num_heads=3, head_dim=5, learnable_qk_scale=learnable,
+                            learnable_gate=learnable, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    if learnable:  # move the gate off zero so the attention output reaches the loss
+        module.gate[...] = jnp.asarray(0.7)
+    graph, params = nnx.split(module)
+
+    def loss(folded):
+        def run(params, x, tokens):
+            attention = nnx.merge(graph, params)
+            attention.folded = folded
+            return jnp.sum(attention(x, tokens, mask) * weights)
+        return jax.value_and_grad(run, argnums=(0, 1, 2))
+
+    (value_f, grads_f), (value_t, grads_t) = loss(True)(params, x, tokens), loss(False)(params, x, tokens)
+    np.testing.assert_allclose(value_f, value_t, rtol=1e-5)
+    leaves_f, leaves_t = jax.tree.leaves(grads_f), jax.tree.leaves(grads_t)
+    assert len(leaves_f) == len(leaves_t) == (9 if learnable else 7)  # 5 weights (+scale, gate), x, tokens
+    for g_f, g_t in zip(leaves_f, leaves_t):
+        assert float(jnp.abs(g_t).max()) > 0
+        np.testing.assert_allclose(g_f, g_t, rtol=1e-4, atol=1e-5)
+
+
+def test_cross_attention_folds_only_where_it_saves_work():
+    module = nnx.eval_shape(lambda: CrossAttention(32, 256, num_heads=4, head_dim=64, dtype=jnp.float32,
+                                                   param_dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    assert module._fold(32, 64) and module._fold(128, 64) and not module._fold(256, 64)
+    module.folded = False
+    assert not module._fold(32, 64)
 
 
 def test_channel_schedules_match_seed_tables():

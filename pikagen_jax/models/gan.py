@@ -99,7 +99,10 @@ class GeneratorResBlock(nnx.Module):
         return (x if self.skip is None else self.skip(x)) + h
 
 
-def _l2_normalize(x: Array, eps: float = 1e-12) -> Array:
+L2_EPS = 1e-12  # torch.nn.functional.normalize's default
+
+
+def _l2_normalize(x: Array, eps: float = L2_EPS) -> Array:
     """Normalises the last axis (float32), like torch.nn.functional.normalize; finite gradient at 0."""
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
@@ -126,11 +129,17 @@ class CrossAttention(nnx.Module):
     `scaled_dot_product_attention` on L2-normalised q/k computes; `learnable_qk_scale` makes it a trained
     (log-parameterised) temperature. The seed's final model adds the attention output directly ("fixed
     injection"); `learnable_gate` is its alternative, a trained scalar strength initialised to zero.
+
+    `folded` picks how the same function is computed: `False` projects q, attends per head and projects
+    back (the textbook order); `True` folds the query and output projections into the (short) text side —
+    logits = x · (W_q k̂ᵀ) / |x W_q| and out = weights · (v W_out) — so no [pixels, heads·head_dim] tensor
+    is attended or transposed; `None` (default) folds wherever that needs no more multiply-adds, i.e. on
+    the wide, shallow high-resolution maps. Equal values and gradients (tests/test_gan_models.py).
     """
 
     def __init__(self, channels: int, token_dim: int = 256, *, num_heads: int = 4, head_dim: int = 64,
                  qk_scale: float | None = None, learnable_qk_scale: bool = False, learnable_gate: bool = False,
-                 dtype, param_dtype, rngs: nnx.Rngs):
+                 folded: bool | None = None, dtype, param_dtype, rngs: nnx.Rngs):
         inner = num_heads * head_dim
         dense = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.to_q = nnx.Linear(channels, inner, use_bias=False, **dense)
@@ -146,22 +155,55 @@ class CrossAttention(nnx.Module):
         self.log_qk_scale = nnx.Param(jnp.asarray(math.log(scale), param_dtype)) if learnable_qk_scale else None
         self.qk_scale = scale
         self.gate = nnx.Param(jnp.zeros((), param_dtype)) if learnable_gate else None
+        self.folded = folded
+
+    def _fold(self, channels: int, num_tokens: int) -> bool:
+        """Whether the folded order needs no more multiply-adds per pixel than the textbook one."""
+        if self.folded is not None:
+            return self.folded
+        inner = self.num_heads * self.head_dim
+        folded_macs = 2 * self.num_heads * num_tokens * channels + inner * channels  # x·A, |q|², weights·VW
+        textbook_macs = 2 * inner * channels + 2 * inner * num_tokens  # q, out projections; q·k, weights·v
+        return folded_macs <= textbook_macs
 
     def __call__(self, x: Array, tokens: Array, mask: Array) -> Array:
         """x: [B, H, W, C]; tokens: [B, T, token_dim]; mask: [B, T] (1 = real token) -> [B, H, W, C]."""
         batch, height, width, channels = x.shape
         dtype = x.dtype
-        q = self.to_q(x.reshape(batch, height * width, channels))
+        pixels = x.reshape(batch, height * width, channels)
         k, v = self.to_k(tokens), self.to_v(tokens)
         split = lambda t: t.reshape(*t.shape[:2], self.num_heads, self.head_dim)  # noqa: E731
-        q, k, v = split(q), split(k), split(v)
-        q, k = _l2_normalize(q).astype(dtype), _l2_normalize(k).astype(dtype)
+        k, v = _l2_normalize(split(k)).astype(dtype), split(v).astype(dtype)
         scale = self.qk_scale if self.log_qk_scale is None else jnp.exp(self.log_qk_scale[...])
-        attended = _attention_heads_first(q, k, v.astype(dtype), mask > 0, scale)
-        out = self.to_out(attended.reshape(batch, height * width, -1)).reshape(x.shape)
+        if self._fold(channels, tokens.shape[1]):
+            out = self._folded_attention(pixels, k, v, mask > 0, scale).reshape(x.shape)
+        else:
+            q = _l2_normalize(split(self.to_q(pixels))).astype(dtype)
+            attended = _attention_heads_first(q, k, v, mask > 0, scale)
+            out = self.to_out(attended.reshape(batch, height * width, -1)).reshape(x.shape)
         if self.gate is not None:
             out = self.gate[...].astype(out.dtype) * out
         return x + out
+
+    def _folded_attention(self, pixels: Array, k: Array, v: Array, keep: Array, scale: Array | float) -> Array:
+        """to_out(attention(normalise(to_q(pixels)), k, v)) for pixels [B, L, C], unit k / v [B, T, H, D]."""
+        batch, length, channels = pixels.shape
+        heads, tokens = self.num_heads, k.shape[1]
+        dtype = pixels.dtype
+        w_q = self.to_q.kernel[...].astype(dtype)  # [C, H·D]
+        w_out = self.to_out.kernel[...].astype(dtype).reshape(heads, self.head_dim, channels)
+        # Logits up to each query's norm: x · (W_q,h k̂_h,tᵀ), one [C, H·T] matrix per example.
+        query_keys = jnp.einsum("chd,bthd->bcht", w_q.reshape(channels, heads, self.head_dim), k)
+        raw = jnp.einsum("blc,bcn->bln", pixels, query_keys.reshape(batch, channels, heads * tokens))
+        q = (pixels @ w_q).reshape(batch, length, heads, self.head_dim).astype(jnp.float32)
+        inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.sum(q * q, axis=-1, keepdims=True), L2_EPS * L2_EPS))
+        logits = raw.reshape(batch, length, heads, tokens).astype(jnp.float32) * (inv_norm * scale)
+        logits = jnp.where(keep[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(batch, length, heads * tokens)
+        # Σ_h weights_h · (v_h W_out,h): the output projection applied to the T values, not the L outputs.
+        values_out = jnp.einsum("bthd,hdc->bhtc", v, w_out).reshape(batch, heads * tokens, channels)
+        out = jnp.einsum("bln,bnc->blc", weights, values_out)
+        return out + self.to_out.bias[...].astype(dtype)
 
 
 class GeneratorStage(nnx.Module):

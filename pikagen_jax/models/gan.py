@@ -105,7 +105,18 @@ L2_EPS = 1e-12  # torch.nn.functional.normalize's default
 def _l2_normalize(x: Array, eps: float = L2_EPS) -> Array:
     """Normalises the last axis (float32), like torch.nn.functional.normalize; finite gradient at 0."""
     x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+    return x * _inverse_l2_norm(x, eps)
+
+
+def _inverse_l2_norm(x: Array, eps: float = L2_EPS) -> Array:
+    """1 / max(|x|, eps) over the last axis (kept as size 1)."""
+    return jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def _masked_softmax(logits: Array, keep: Array) -> Array:
+    """Softmax over the last (token) axis of float32 `logits` [B, ·, ·, T], skipping tokens where keep [B, T] is
+    False; a row with no kept token comes out uniform, as in `jax.nn.dot_product_attention`."""
+    return jax.nn.softmax(jnp.where(keep[:, None, None, :], logits, jnp.finfo(jnp.float32).min), axis=-1)
 
 
 def _attention_heads_first(q: Array, k: Array, v: Array, keep: Array, scale: Array | float) -> Array:
@@ -117,8 +128,7 @@ def _attention_heads_first(q: Array, k: Array, v: Array, keep: Array, scale: Arr
     """
     qh, kh, vh = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
     logits = jnp.einsum("bhld,bhtd->bhlt", qh, kh).astype(jnp.float32) * scale
-    logits = jnp.where(keep[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    weights = _masked_softmax(logits, keep).astype(v.dtype)
     return jnp.einsum("bhlt,bhtd->bhld", weights, vh).transpose(0, 2, 1, 3)
 
 
@@ -196,10 +206,8 @@ class CrossAttention(nnx.Module):
         query_keys = jnp.einsum("chd,bthd->bcht", w_q.reshape(channels, heads, self.head_dim), k)
         raw = jnp.einsum("blc,bcn->bln", pixels, query_keys.reshape(batch, channels, heads * tokens))
         q = (pixels @ w_q).reshape(batch, length, heads, self.head_dim).astype(jnp.float32)
-        inv_norm = jax.lax.rsqrt(jnp.maximum(jnp.sum(q * q, axis=-1, keepdims=True), L2_EPS * L2_EPS))
-        logits = raw.reshape(batch, length, heads, tokens).astype(jnp.float32) * (inv_norm * scale)
-        logits = jnp.where(keep[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(batch, length, heads * tokens)
+        logits = raw.reshape(batch, length, heads, tokens).astype(jnp.float32) * (_inverse_l2_norm(q) * scale)
+        weights = _masked_softmax(logits, keep).astype(dtype).reshape(batch, length, heads * tokens)
         # Σ_h weights_h · (v_h W_out,h): the output projection applied to the T values, not the L outputs.
         values_out = jnp.einsum("bthd,hdc->bhtc", v, w_out).reshape(batch, heads * tokens, channels)
         out = jnp.einsum("bln,bnc->blc", weights, values_out)

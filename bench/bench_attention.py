@@ -3,9 +3,11 @@
     python bench/bench_attention.py [--batch=16] [--tokens=64] [--gen_batch=64] [--repeats=6]
 
 Part 1: one `CrossAttention` per generator stage of the 64 px seed-002 network (4 heads × 64, 256-d tokens),
-forward + backward (gradients w.r.t. its weights and input), median ms. Part 2: the whole generator's
-forward at `--gen_batch` (generation), 64 and 128 px, images/s. The two orders alternate call by call, so
-both see the same machine load. Random weights and inputs; float32.
+forward + backward (gradients w.r.t. its weights and input), median ms. Part 2: the folded order's core,
+`folded_attention` (blocked, hand-written backward) against the same expression left to autodiff
+(`folded_attention_autodiff`), forward and forward + backward, at the 32–128 px stages' shapes. Part 3: the
+whole generator's forward at `--gen_batch` (generation), 64 and 128 px, images/s. The variants compared
+alternate call by call, so both see the same machine load. Random weights and inputs; float32.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pikagen_jax.models.folded_attention import folded_attention, folded_attention_autodiff
 from pikagen_jax.models.gan import CrossAttention, Generator
 
 ORDERS = {"textbook": False, "folded": True, "auto": None}
@@ -66,6 +69,26 @@ def bench_layers(batch: int, tokens: int, repeats: int) -> None:
               f"{med['textbook'] / med['folded']:.2f} | {pick} |")
 
 
+def bench_folded_core(batch: int, tokens: int, repeats: int, heads: int = 4, head_dim: int = 64) -> None:
+    rng = np.random.default_rng(2)
+    keep = jnp.asarray(np.arange(tokens)[None] < rng.integers(5, tokens, (batch, 1)))
+    print("\n| folded core (batch %d) | autodiff fwd ms | blocked fwd ms | autodiff fwd+bwd ms | blocked fwd+bwd ms "
+          "| fwd+bwd speed-up |\n|---|---|---|---|---|---|" % batch)
+    for size, channels in [(32, 64), (64, 32), (128, 32)]:
+        normal = lambda *shape: jnp.asarray(rng.normal(size=shape) / np.sqrt(shape[-2]), jnp.float32)  # noqa: E731
+        args = (normal(batch, size * size, channels), normal(batch, channels, heads * tokens),
+                normal(channels, heads * head_dim), normal(batch, heads * tokens, channels))
+        fns = {}
+        for name, attend in (("autodiff", folded_attention_autodiff), ("blocked", folded_attention)):
+            run = lambda x, qk, wq, vo, attend=attend: attend(x, qk, wq, vo, keep, 0.125, num_heads=heads)  # noqa: E731
+            fns[name] = jax.jit(run)
+            fns[name + "_grad"] = jax.jit(jax.grad(lambda *a, run=run: jnp.sum(jnp.cos(run(*a))), argnums=(0, 1, 2, 3)))
+        med = alternate(fns, args, repeats)
+        print(f"| {size}×{size}, {channels} ch | {med['autodiff'] * 1e3:.0f} | {med['blocked'] * 1e3:.0f} | "
+              f"{med['autodiff_grad'] * 1e3:.0f} | {med['blocked_grad'] * 1e3:.0f} | "
+              f"{med['autodiff_grad'] / med['blocked_grad']:.2f} |")
+
+
 def bench_generation(gen_batch: int, tokens: int, repeats: int) -> None:
     rng = np.random.default_rng(1)
     token_states, mask = text_inputs(rng, gen_batch, tokens)
@@ -98,6 +121,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
     bench_layers(args.batch, args.tokens, args.repeats)
+    bench_folded_core(args.batch, args.tokens, args.repeats)
     bench_generation(args.gen_batch, args.tokens, args.repeats)
 
 

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pikagen_jax.models.conv_matmul import ConvImpl
+from pikagen_jax.models.folded_attention import L2_EPS, folded_attention, inverse_l2_norm, masked_softmax
 from pikagen_jax.models.spectral_norm import SpectralNormConv
 
 Array = jax.Array
@@ -99,24 +100,10 @@ class GeneratorResBlock(nnx.Module):
         return (x if self.skip is None else self.skip(x)) + h
 
 
-L2_EPS = 1e-12  # torch.nn.functional.normalize's default
-
-
 def _l2_normalize(x: Array, eps: float = L2_EPS) -> Array:
     """Normalises the last axis (float32), like torch.nn.functional.normalize; finite gradient at 0."""
     x = x.astype(jnp.float32)
-    return x * _inverse_l2_norm(x, eps)
-
-
-def _inverse_l2_norm(x: Array, eps: float = L2_EPS) -> Array:
-    """1 / max(|x|, eps) over the last axis (kept as size 1)."""
-    return jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
-
-
-def _masked_softmax(logits: Array, keep: Array) -> Array:
-    """Softmax over the last (token) axis of float32 `logits` [B, ·, ·, T], skipping tokens where keep [B, T] is
-    False; a row with no kept token comes out uniform, as in `jax.nn.dot_product_attention`."""
-    return jax.nn.softmax(jnp.where(keep[:, None, None, :], logits, jnp.finfo(jnp.float32).min), axis=-1)
+    return x * inverse_l2_norm(x, eps)
 
 
 def _attention_heads_first(q: Array, k: Array, v: Array, keep: Array, scale: Array | float) -> Array:
@@ -128,7 +115,7 @@ def _attention_heads_first(q: Array, k: Array, v: Array, keep: Array, scale: Arr
     """
     qh, kh, vh = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
     logits = jnp.einsum("bhld,bhtd->bhlt", qh, kh).astype(jnp.float32) * scale
-    weights = _masked_softmax(logits, keep).astype(v.dtype)
+    weights = masked_softmax(logits, keep).astype(v.dtype)
     return jnp.einsum("bhlt,bhtd->bhld", weights, vh).transpose(0, 2, 1, 3)
 
 
@@ -197,20 +184,17 @@ class CrossAttention(nnx.Module):
 
     def _folded_attention(self, pixels: Array, k: Array, v: Array, keep: Array, scale: Array | float) -> Array:
         """to_out(attention(normalise(to_q(pixels)), k, v)) for pixels [B, L, C], unit k / v [B, T, H, D]."""
-        batch, length, channels = pixels.shape
+        batch, _, channels = pixels.shape
         heads, tokens = self.num_heads, k.shape[1]
         dtype = pixels.dtype
         w_q = self.to_q.kernel[...].astype(dtype)  # [C, H·D]
         w_out = self.to_out.kernel[...].astype(dtype).reshape(heads, self.head_dim, channels)
         # Logits up to each query's norm: x · (W_q,h k̂_h,tᵀ), one [C, H·T] matrix per example.
         query_keys = jnp.einsum("chd,bthd->bcht", w_q.reshape(channels, heads, self.head_dim), k)
-        raw = jnp.einsum("blc,bcn->bln", pixels, query_keys.reshape(batch, channels, heads * tokens))
-        q = (pixels @ w_q).reshape(batch, length, heads, self.head_dim).astype(jnp.float32)
-        logits = raw.reshape(batch, length, heads, tokens).astype(jnp.float32) * (_inverse_l2_norm(q) * scale)
-        weights = _masked_softmax(logits, keep).astype(dtype).reshape(batch, length, heads * tokens)
         # Σ_h weights_h · (v_h W_out,h): the output projection applied to the T values, not the L outputs.
         values_out = jnp.einsum("bthd,hdc->bhtc", v, w_out).reshape(batch, heads * tokens, channels)
-        out = jnp.einsum("bln,bnc->blc", weights, values_out)
+        out = folded_attention(pixels, query_keys.reshape(batch, channels, heads * tokens), w_q, values_out, keep,
+                               scale, num_heads=heads)
         return out + self.to_out.bias[...].astype(dtype)
 
 

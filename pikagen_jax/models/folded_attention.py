@@ -8,8 +8,8 @@ write and re-read several [B, L, H·T] float32 tensors (64 MB each at 64 px, bat
 them for W_q's gradient. Here the forward and the hand-written backward run `lax.map` over blocks of about
 `BLOCK_PIXELS` pixels (one example, or part of one, or a few small ones), so those intermediates stay in cache;
 the backward recomputes the block's softmax instead of storing it, as flash attention does. Same values and
-gradients as autodiff of the plain expression (tests/test_gan_models.py); 1.8× faster forward + backward and
-2.5× faster forward at 64 px (BENCHMARKS.md).
+gradients as autodiff of the plain expression (`folded_attention_autodiff`, tests/test_gan_models.py); about 2×
+faster than it, forward and forward + backward, at 64 and 128 px (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -23,8 +23,6 @@ from flax import nnx
 from pikagen_jax.models.folded_attention import folded_attention, folded_attention_autodiff
 from pikagen_jax.models.gan import CrossAttention, Generator
 
-ORDERS = {"textbook": False, "folded": True, "auto": None}
-
 
 def alternate(fns: dict, args: tuple, repeats: int) -> dict[str, float]:
     """Median seconds per call of each fn, calls interleaved."""

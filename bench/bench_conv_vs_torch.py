@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 SHAPES = [  # (batch, size, in channels, out channels)
     (16, 64, 32, 32), (16, 64, 32, 64), (16, 64, 64, 64), (16, 32, 64, 128), (16, 32, 128, 128),
@@ -34,6 +32,7 @@ def main() -> None:
     import jax.numpy as jnp
     import numpy as np
     import torch
+    from bench_attention import alternate  # imports JAX: after the affinity is set
 
     import pikagen_jax  # noqa: F401  (applies the project's XLA flags before JAX starts its CPU client)
     torch.set_num_threads(args.threads)
@@ -62,19 +61,9 @@ def main() -> None:
             (torch.nn.functional.conv2d(xt, wt, padding=1) ** 2).sum().backward()
             xt.grad = wt.grad = None
 
-        calls = {"jax_fwd": lambda: jax.block_until_ready(jax_fwd(xj, wj)),
-                 "torch_fwd": torch_fwd,
-                 "jax_grad": lambda: jax.block_until_ready(jax_grad(xj, wj)),
-                 "torch_grad": torch_grad}
-        for call in calls.values():
-            call()
-        times = {name: [] for name in calls}
-        for _ in range(args.repeats):
-            for name, call in calls.items():
-                start = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - start)
-        med = {name: statistics.median(t) for name, t in times.items()}
+        calls = {"jax_fwd": lambda: jax_fwd(xj, wj), "torch_fwd": torch_fwd,
+                 "jax_grad": lambda: jax_grad(xj, wj), "torch_grad": torch_grad}
+        med = alternate(calls, (), args.repeats)  # blocks on each result (None for the PyTorch calls)
         gflop = 2 * 9 * batch * size * size * c_in * c_out / 1e9
         totals["jax"] += med["jax_grad"]
         totals["torch"] += med["torch_grad"]

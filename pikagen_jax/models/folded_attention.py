@@ -27,7 +27,12 @@ BLOCK_PIXELS = 4096  # pixels per lax.map iteration: a [4096, H·T=256] float32 
 
 def inverse_l2_norm(x: Array, eps: float = L2_EPS) -> Array:
     """1 / max(|x|, eps) over the last axis (kept as size 1)."""
-    return jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+    return _inverse_norm_from_squared(jnp.sum(x * x, axis=-1, keepdims=True), eps)
+
+
+def _inverse_norm_from_squared(squared: Array, eps: float = L2_EPS) -> Array:
+    """1 / max(sqrt(squared), eps)."""
+    return jax.lax.rsqrt(jnp.maximum(squared, eps * eps))
 
 
 def masked_softmax(logits: Array, keep: Array) -> Array:
@@ -71,20 +76,26 @@ def _smallest_divisor_from(n: int, k: int) -> int:
     return next(d for d in range(max(1, k), n + 1) if n % d == 0)
 
 
-def _block_forward(heads: int, x: Array, query_keys: Array, w_q: Array, values_out: Array, keep: Array,
-                   scale: Array) -> tuple[Array, ...]:
-    """One block: x [l, C], query_keys [C, H·T], values_out [H·T, C], keep [T] -> out [l, C] and what the
-    backward needs (softmax weights, logits, inverse query norms, squared norms, queries)."""
+def _block_softmax(heads: int, x: Array, query_keys: Array, w_q: Array, keep: Array, scale: Array
+                   ) -> tuple[Array, ...]:
+    """One block's attention weights: x [l, C], query_keys [C, H·T], keep [T] -> weights [l, H, T] float32, and
+    what the backward needs besides (logits, inverse query norms, squared norms, queries)."""
     length = x.shape[0]
     tokens = query_keys.shape[-1] // heads
     raw = (x @ query_keys).astype(jnp.float32).reshape(length, heads, tokens)
     q = (x @ w_q).astype(jnp.float32).reshape(length, heads, -1)
     squared = jnp.sum(q * q, axis=-1)
-    inv = jax.lax.rsqrt(jnp.maximum(squared, L2_EPS * L2_EPS))
+    inv = _inverse_norm_from_squared(squared)
     logits = raw * (inv * scale)[..., None]
     weights = masked_softmax(logits[None], keep[None])[0]
-    out = weights.astype(x.dtype).reshape(length, -1) @ values_out
-    return out, weights, logits, inv, squared, q
+    return weights, logits, inv, squared, q
+
+
+def _block_forward(heads: int, x: Array, query_keys: Array, w_q: Array, values_out: Array, keep: Array,
+                   scale: Array) -> Array:
+    """One block: x [l, C], values_out [H·T, C] -> out [l, C]."""
+    weights = _block_softmax(heads, x, query_keys, w_q, keep, scale)[0]
+    return weights.astype(x.dtype).reshape(x.shape[0], -1) @ values_out
 
 
 def _block_backward(heads: int, x: Array, query_keys: Array, w_q: Array, values_out: Array, keep: Array,
@@ -92,7 +103,7 @@ def _block_backward(heads: int, x: Array, query_keys: Array, w_q: Array, values_
     """Gradients of one block w.r.t. x, query_keys, w_q, values_out, and Σ ∂L/∂logit · logit (for the scale)."""
     length = x.shape[0]
     tokens = query_keys.shape[-1] // heads
-    _, weights, logits, inv, squared, q = _block_forward(heads, x, query_keys, w_q, values_out, keep, scale)
+    weights, logits, inv, squared, q = _block_softmax(heads, x, query_keys, w_q, keep, scale)
     d_out = d_out.astype(x.dtype)
     d_weights = (d_out @ values_out.T).astype(jnp.float32).reshape(length, heads, tokens)
     d_values_out = weights.astype(x.dtype).reshape(length, -1).T @ d_out
@@ -122,7 +133,7 @@ def _folded(heads: int, splits: int, group: int | None, pixels: Array, query_key
             keep: Array, scale: Array) -> Array:
     inputs = (_blocks(pixels, splits), _per_block(query_keys, splits), _per_block(values_out, splits),
               _per_block(keep, splits))
-    out = jax.lax.map(lambda a: _block_forward(heads, a[0], a[1], w_q, a[2], a[3], scale)[0], inputs,
+    out = jax.lax.map(lambda a: _block_forward(heads, a[0], a[1], w_q, a[2], a[3], scale), inputs,
                       batch_size=group)
     return out.reshape(pixels.shape[0], pixels.shape[1], -1)
 

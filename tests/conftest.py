@@ -76,6 +76,17 @@ def skip_if_triton_would_crash() -> None:
         pytest.skip("importing triton after TensorFlow segfaults on this stack; run this file on its own")
 
 
+# The tiny CLIP's cosine, in cosine units, is reached through these sums (worst case per sum, added; features
+# are LayerNorm'd, so activations are of order one): vision: 8x8x3 patch conv 192, three LayerNorms (mean and
+# variance over 16) 96, q 16, logits 8 (head dim), softmax and weighted sum over 17 tokens 34, out 16, MLP 16 + 32,
+# projection 16; text: three LayerNorms 96, q 16, logits 8, softmax and weighted sum over <= 16 tokens 32, out
+# 16, MLP 16 + 32, projection 16; then both L2 norms and the dot product over the 8-wide projection, 24; and the
+# 4x4-tap bicubic resize of the images, which JAX computes for both sides but may fuse differently under jit, 16.
+# The bound holds for any summation order, i.e. whatever kernels (oneDNN for torch, Eigen/YNNPACK for XLA) and
+# vector width (AVX2, AVX-512) each side picks on the machine at hand.
+TINY_CLIP_COSINE_PATH = (192, 96, 16, 8, 34, 16, 16, 32, 16) + (96, 16, 8, 32, 16, 16, 32, 16) + (24, 16)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A random tiny Hugging Face CLIPModel saved by transformers (CLIP's 49408-token vocabulary, so the

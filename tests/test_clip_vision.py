@@ -14,19 +14,29 @@ from pikagen_jax.losses.l1_clip import clip_image_preprocess
 from pikagen_jax.models import hf_weights
 from pikagen_jax.models.clip import CLIPConfig, CLIPModel
 from pikagen_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionModel, hf_param_map
-from tests.conftest import skip_if_triton_would_crash
-from tests.tolerances import path_tolerance, sum_tolerance
+from tests.conftest import TINY_CLIP_COSINE_PATH, skip_if_triton_would_crash
+from tests.tolerances import assert_within, path_tolerance, sum_tolerance, transformer_path
 
 skip_if_triton_would_crash()
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-TOL = 1e-4
 # 30 px / 8 px patches: a 3x3 grid, the trailing 6 pixels dropped as HF's strided conv drops them.
 VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=30,
               patch_size=8, projection_dim=24, hidden_act="gelu")
 CAPTIONS = ["a small blue turtle", "a fiery lizard with a flame on its tail", "a yellow mouse", "a pink blob",
             "a green seed on its back", "a purple ghost"]
+
+
+# The vision tower (VISION) from pixels to its last hidden states: the 8x8x3 patch convolution, the
+# pre-LayerNorm and 2 layers of 32 over 10 tokens; the pooled output adds the post-LayerNorm, the projection
+# one 32-wide sum. Activations are LayerNorm'd (order one); see tests/tolerances.py.
+VISION_PATH = [8 * 8 * 3] + transformer_path(width=32, intermediate=37, head_dim=8, tokens=10, layers=2)
+TOL = path_tolerance(VISION_PATH)  # 9.9e-5
+POOLED_TOL = path_tolerance(VISION_PATH + [64])
+PROJECTED_TOL = path_tolerance(VISION_PATH + [64, 32])
+
+COSINE_TOL = path_tolerance(TINY_CLIP_COSINE_PATH)  # 8.3e-5: see tests/conftest.py
 
 
 def _max_diff(a, b) -> float:
@@ -70,8 +80,8 @@ def test_vision_tower_parity_and_shapes(tiny_vision):
     assert ours.visual_projection is None and ours.config == CLIPVisionConfig(**VISION)
     hidden, pooled = nnx.jit(lambda model, x: model(x))(ours, jnp.asarray(pixels))
     assert hidden.shape == (3, 1 + 9, 32) and pooled.shape == (3, 32) and ours.config.num_patches == 9
-    assert _max_diff(hidden, out.last_hidden_state) <= TOL
-    assert _max_diff(pooled, out.pooler_output) <= TOL
+    assert_within(hidden, out.last_hidden_state, TOL, "hidden states")
+    assert_within(pooled, out.pooler_output, POOLED_TOL, "pooled output")
     with pytest.raises(ValueError, match=r"NHWC \[batch, 30, 30, 3\]"):
         ours(jnp.zeros((1, 32, 32, 3)))
 
@@ -89,7 +99,7 @@ def test_with_projection_parity_from_safetensors_and_pytorch_bin(tmp_path):
     for kind in ("safetensors", "bin"):
         ours = CLIPVisionModel.from_pretrained(tmp_path / kind)
         assert ours.pooled_size == 24
-        assert _max_diff(ours(jnp.asarray(pixels))[1], expected) <= TOL, kind
+        assert_within(ours(jnp.asarray(pixels))[1], expected, PROJECTED_TOL, f"image embeddings ({kind})")
 
 
 def test_full_model_features_cosines_and_logits_match_transformers(tiny_clip):
@@ -115,21 +125,13 @@ def test_full_model_features_cosines_and_logits_match_transformers(tiny_clip):
     image_emb, text_emb, cosines, logits, from_pixels = run(ours, jnp.asarray(images), pixels, jnp.asarray(ids),
                                                             jnp.asarray(mask))
     assert image_emb.shape == text_emb.shape == (3, 8)
-    assert _max_diff(image_emb, image_ref) <= TOL and _max_diff(text_emb, text_ref) <= TOL
-    assert _max_diff(cosines, torch.nn.functional.cosine_similarity(image_ref, text_ref, dim=-1)) <= TOL
-    assert _max_diff(logits, logits_ref) <= TOL
-    assert _max_diff(from_pixels, image_ref) <= TOL
-
-
-# The tiny CLIP's cosine, in cosine units, is reached through these sums (worst case per sum, added; features
-# are LayerNorm'd, so activations are of order one): vision: 8x8x3 patch conv 192, three LayerNorms (mean and
-# variance over 16) 96, q 16, logits 8 (head dim), softmax and weighted sum over 17 tokens 34, out 16, MLP 16 + 32,
-# projection 16; text: three LayerNorms 96, q 16, logits 8, softmax and weighted sum over <= 16 tokens 32, out
-# 16, MLP 16 + 32, projection 16; then both L2 norms and the dot product over the 8-wide projection, 24.
-# The bound holds for any summation order, i.e. whatever kernels (oneDNN for torch, Eigen/YNNPACK for XLA) and
-# vector width (AVX2, AVX-512) each side picks on the machine at hand.
-COSINE_PATH = (192, 96, 16, 8, 34, 16, 16, 32, 16) + (96, 16, 8, 32, 16, 16, 32, 16) + (24,)
-COSINE_TOL = path_tolerance(COSINE_PATH)  # 8.1e-5
+    # Each embedding's path is part of the cosine's (TINY_CLIP_COSINE_PATH), so COSINE_TOL bounds them too; CLIP's
+    # logits are the cosines times exp(logit_scale) = 14.3.
+    assert_within(image_emb, image_ref, COSINE_TOL, "image embeddings")
+    assert_within(text_emb, text_ref, COSINE_TOL, "text embeddings")
+    assert_within(cosines, torch.nn.functional.cosine_similarity(image_ref, text_ref, dim=-1), COSINE_TOL, "cosines")
+    assert_within(logits, logits_ref, float(np.exp(ours.logit_scale[...])) * COSINE_TOL, "logits")
+    assert_within(from_pixels, image_ref, COSINE_TOL, "image embeddings from pixels")
 
 
 def _cosines_match(cosines, reference) -> bool:

@@ -10,9 +10,16 @@ import pytest
 
 from pikagen_jax.losses.vae import perceptual_loss
 from pikagen_jax.models import perceptual
+from tests.tolerances import assert_within, path_tolerance
 
 # torchvision vgg16().features indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 TORCH_TAPS = (3, 8, 15, 22, 29)
+# The 3x3 convs' sums (9 x C_in) up to each tap, then the channel normalisation (|f| over the tap's
+# channels): the path bound (tests/tolerances.py) of a unit-normalised feature, whatever the activations' scale.
+VGG_CONVS = (27, 576), (576, 1152), (1152, 2304, 2304), (2304, 4608, 4608), (4608, 4608, 4608)
+TAP_CHANNELS = (64, 128, 256, 512, 512)
+TAP_TOLS = [path_tolerance([n for block in VGG_CONVS[:i + 1] for n in block] + [TAP_CHANNELS[i]])
+            for i in range(len(TORCH_TAPS))]
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +56,14 @@ def test_vgg16_features_match_torchvision(torch_vgg16, tmp_path):
     images = np.random.default_rng(0).uniform(-1, 1, (2, 48, 48, 3)).astype(np.float32)
     expected = [np.asarray(perceptual.normalize_channels(jnp.asarray(t))) for t in _torch_taps(model, images)]
     ours = perceptual.load_vgg16_features(path)
-    for got, want in zip(ours(jnp.asarray(images)), expected, strict=True):
-        np.testing.assert_allclose(np.asarray(got), want, atol=2e-4)
+    for index, (got, want) in enumerate(zip(ours(jnp.asarray(images)), expected, strict=True)):
+        assert_within(got, want, TAP_TOLS[index], f"tap {index} vs torchvision")
     # the same tensors as .safetensors, keys of `vgg16().features` (no "features." prefix)
     tensors = {key.removeprefix("features."): value.numpy() for key, value in model.state_dict().items()
                if key.startswith("features.")}
     save_file(tensors, tmp_path / "vgg16.safetensors")
     again = perceptual.load_vgg16_features(tmp_path / "vgg16.safetensors")
-    np.testing.assert_allclose(np.asarray(again(jnp.asarray(images))[-1]), expected[-1], atol=2e-4)
+    assert_within(again(jnp.asarray(images))[-1], expected[-1], TAP_TOLS[-1], "last tap from .safetensors")
 
 
 def test_normalised_taps_make_the_loss_an_lpips_distance():

@@ -25,7 +25,7 @@ def build_sampler(args: argparse.Namespace):
     from pikagen_jax.config_utils import load_config
     from pikagen_jax.diffusion.sampling import LatentDiffusionSampler, load_sampling_networks, sampling_stage
     from pikagen_jax.diffusion.state import LatentStats, build_unet, build_vae
-    from pikagen_jax.gan.state import build_text_encoder
+    from pikagen_jax.training.text import build_text_encoder
 
     if args.workdir:
         from pathlib import Path

@@ -116,7 +116,7 @@ class JaxGan(JaxRunner):
     def generate(self, count: int) -> None:
         import jax
 
-        from pikagen_jax.gan.sampling import noise
+        from pikagen_jax.training.samples import noise
         _, ids, mask = make_inputs(count, 8, self.case["text_length"], seed=count)
         jax.block_until_ready(self.sampler(ids, mask, noise(count, count, self.config.model.z_dim)))
 

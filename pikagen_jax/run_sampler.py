@@ -23,36 +23,14 @@ A work directory without checkpoints raises FileNotFoundError; an option the sys
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import inspect
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import ml_collections
-import numpy as np
+from pikagen_jax.training.sampler import RunSampler
 
-GenerateFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 SYSTEM_TRAIN_COMMANDS = "python launch.py --config=configs/<system>.py --workdir={workdir}"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSampler:
-    """A trained run, ready to generate.
-
-    Attributes:
-      config: the run's saved config (data, text and model settings).
-      step: the checkpoint step the weights come from.
-      conditional: whether the images depend on the text (False for the unconditional DCGAN).
-      generate: (token_ids [N, T] int, attention_mask [N, T] int, seed) -> images [N, S, S, 3] in [-1, 1].
-      description: what generates, for logs (e.g. 'diffusion stage unet step 4000: ddim, 50 steps, guidance 3').
-    """
-
-    config: ml_collections.ConfigDict
-    step: int
-    conditional: bool
-    generate: GenerateFn
-    description: str = ""
 
 
 def checkpoint_dirs(workdir: str | Path) -> list[Path]:
@@ -94,28 +72,3 @@ def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = 
         raise ValueError(f"{workdir} holds a {system!r} run, whose sampler takes no option(s) {unknown} "
                          f"(it takes {accepted})")
     return loader(Path(workdir), step, best, **options)
-
-
-def generate_in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-    """Runs `fn(batch_index, *chunks)` over fixed-size chunks of `arrays` (equal leading sizes N) and
-    returns the concatenated outputs [N, ...] as float32 numpy.
-
-    Every call gets `min(batch_size, N)` rows: the last chunk is padded by repeating its first row (and the
-    padding is dropped), so a jitted `fn` compiles once.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    arrays = [np.asarray(a) for a in arrays]
-    total = len(arrays[0])
-    if total == 0:
-        raise ValueError("nothing to generate: no rows given")
-    if any(len(a) != total for a in arrays):
-        raise ValueError(f"inputs disagree on the number of rows: {[len(a) for a in arrays]}")
-    size = min(batch_size, total)
-    outputs = []
-    for index, start in enumerate(range(0, total, size)):
-        count = min(size, total - start)
-        chunks = [np.concatenate([a[start:start + count], np.repeat(a[start:start + 1], size - count, axis=0)])
-                  for a in arrays]
-        outputs.append(np.asarray(fn(index, *chunks), np.float32)[:count])
-    return np.concatenate(outputs)

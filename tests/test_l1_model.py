@@ -10,11 +10,19 @@ import optax
 import pytest
 from flax import nnx
 
-from pikagen_jax.losses.l1_clip import (CLIP_MEAN, CLIP_STD, clip_image_preprocess, clip_loss, combined,
-                                        cosine_similarity, l1_loss)
+from pikagen_jax.losses.l1_clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    clip_image_preprocess,
+    clip_loss,
+    combined,
+    cosine_similarity,
+    l1_loss,
+)
 from pikagen_jax.models.l1_decoder import TorchConvTranspose, final_conv_padding, torch_conv_transpose_size
 from pikagen_jax.models.l1_encoder import AttentionBlock, TransformerEncoderLayer, masked_mean_pool
-from pikagen_jax.models.l1_model import L1Model, L1ModelConfig, parameter_count
+from pikagen_jax.models.l1_model import L1Model, L1ModelConfig
+from pikagen_jax.models.params import count_params
 from tests.tolerances import assert_within, path_tolerance, sum_tolerance, transformer_path
 
 torch = pytest.importorskip("torch")
@@ -119,7 +127,7 @@ def test_seed_001_model_full_size_shape_and_schedule():
     conv_shapes = [stage.conv.kernel.shape for stage in model.decoder.stages]
     assert conv_shapes == [(4, 4, 1024, 512), (4, 4, 512, 256), (4, 4, 256, 128), (4, 4, 128, 64)]
     assert (model.decoder.to_rgb.padding, model.decoder.to_rgb.output_padding) == (22, 1)
-    assert 40e6 < parameter_count(model) < 60e6
+    assert 40e6 < count_params(model) < 60e6
 
 
 # --- encoder / attention parity ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pikagen_jax.losses.vae import perceptual_loss
-from pikagen_jax.models import perceptual
+from pikagen_jax.metrics import perceptual
 from tests.tolerances import assert_within, path_tolerance
 
 # torchvision vgg16().features indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3

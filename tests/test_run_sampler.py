@@ -9,6 +9,7 @@ from flax import nnx
 
 from pikagen_jax import run_sampler
 from pikagen_jax.config_utils import load_config
+from pikagen_jax.training.sampler import generate_in_batches
 
 
 def test_generate_in_batches_pads_to_one_shape_and_trims():
@@ -19,13 +20,13 @@ def test_generate_in_batches_pads_to_one_shape_and_trims():
         return rows * 2.0 + extra
 
     rows = np.arange(7, dtype=np.float32)[:, None]
-    out = run_sampler.generate_in_batches(fn, (rows, np.ones((7, 1), np.float32)), batch_size=3)
+    out = generate_in_batches(fn, (rows, np.ones((7, 1), np.float32)), batch_size=3)
     np.testing.assert_array_equal(out, rows * 2 + 1)
     assert calls == [(0, (3, 1), (3, 1)), (1, (3, 1), (3, 1)), (2, (3, 1), (3, 1))]  # one shape: one compilation
     with pytest.raises(ValueError, match="disagree"):
-        run_sampler.generate_in_batches(fn, (rows, rows[:3]), batch_size=3)
+        generate_in_batches(fn, (rows, rows[:3]), batch_size=3)
     with pytest.raises(ValueError, match="no rows"):
-        run_sampler.generate_in_batches(fn, (rows[:0],), batch_size=3)
+        generate_in_batches(fn, (rows[:0],), batch_size=3)
 
 
 def test_a_directory_without_checkpoints_is_a_clear_error(tmp_path):
@@ -40,9 +41,9 @@ def test_l1_runs_generate_what_the_model_predicts(small_data, tmp_path):
     import jax
     import jax.numpy as jnp
 
-    from pikagen_jax.gan.sampling import noise
     from pikagen_jax.l1.state import L1State
     from pikagen_jax.training.checkpointing import Checkpointer
+    from pikagen_jax.training.samples import noise
 
     config = load_config("configs/l1.py:smoke", [f"data.data_dir={small_data['data_dir']}",
                                                  f"data.dataset={small_data['kaggle']}"])

@@ -16,7 +16,8 @@ from bench.torch_reference import gan as tgan  # noqa: E402
 from bench.torch_reference import l1 as tl1  # noqa: E402
 from pikagen_jax.models.bert import BertConfig, BertModel  # noqa: E402
 from pikagen_jax.models.gan import Discriminator, Generator  # noqa: E402
-from pikagen_jax.models.l1_model import L1Model, L1ModelConfig, parameter_count  # noqa: E402
+from pikagen_jax.models.l1_model import L1Model, L1ModelConfig  # noqa: E402
+from pikagen_jax.models.params import count_params  # noqa: E402
 from pikagen_jax.models.text_encoder import TextEncoder  # noqa: E402
 from tests.tolerances import assert_within, max_abs, path_tolerance  # noqa: E402
 
@@ -79,7 +80,7 @@ def test_l1_model_equal_per_module():
     }
     for name, (a, b) in pairs.items():
         assert count(a) == tgan.num_params(b), name
-    assert parameter_count(ours) == tgan.num_params(theirs) > 40_000_000
+    assert count_params(ours) == tgan.num_params(theirs) > 40_000_000
 
 
 def test_l1_final_layer_reaches_215_pixels():

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from pikagen_jax.dcgan.state import build_generator
-from pikagen_jax.gan.sampling import noise
+from pikagen_jax.training.samples import noise
 
 
 def make_sampler(generator: nnx.Module) -> Callable[[jax.Array], jax.Array]:
@@ -33,8 +33,8 @@ def make_sampler(generator: nnx.Module) -> Callable[[jax.Array], jax.Array]:
 
 def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, *, batch_size: int = 64):
     """A `RunSampler` (unconditional: the token arrays only give the number of images) for a DCGAN run."""
-    from pikagen_jax.run_sampler import RunSampler, generate_in_batches
     from pikagen_jax.training.checkpointing import Checkpointer
+    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
 
     workdir = Path(workdir)
     if best:

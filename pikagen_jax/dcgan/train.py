@@ -20,11 +20,11 @@ from pikagen_jax.data.pipeline import make_eval_loader, steps_per_epoch
 from pikagen_jax.dcgan.sampling import make_sampler
 from pikagen_jax.dcgan.state import DcganState, resolve_config
 from pikagen_jax.dcgan.steps import make_train_step
-from pikagen_jax.gan.sampling import noise
-from pikagen_jax.gan.state import count_params
+from pikagen_jax.models.params import count_params
 from pikagen_jax.training.logging import write_image_grid
 from pikagen_jax.training.loop import TrainResult, run_training
 from pikagen_jax.training.mesh import make_mesh
+from pikagen_jax.training.samples import noise
 
 GRID_COLUMNS = 8
 

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from pikagen_jax.diffusion.schedule import SAMPLERS, ddim_sample, ddpm_sample, guided_eps_fn
+from pikagen_jax.diffusion.stages import stage_dir, stage_has_checkpoints
 from pikagen_jax.diffusion.state import SAMPLING_ITEMS, STAGES, LatentStats, build_unet, build_vae
 from pikagen_jax.diffusion.steps import noise_schedule
 
@@ -84,7 +85,6 @@ class LatentDiffusionSampler:
 def sampling_stage(workdir: Path, stage: str | None = None) -> str:
     """The stage a diffusion run generates with: `stage` if given, else the last one with checkpoints
     among 'text', 'unet'. Raises FileNotFoundError when only the VAE (or nothing) is trained."""
-    from pikagen_jax.diffusion.train import stage_dir, stage_has_checkpoints
 
     if stage is not None:
         if stage not in STAGES[1:]:
@@ -103,10 +103,9 @@ def sampling_stage(workdir: Path, stage: str | None = None) -> str:
 def load_sampling_networks(workdir: Path, stage: str, step: int | None = None
                            ) -> tuple[ml_collections.ConfigDict, tuple[nnx.Module, ...], int]:
     """(config, (text encoder, VAE, EMA U-Net, latent stats), step) restored from a stage's checkpoint."""
-    from pikagen_jax.diffusion.train import stage_dir
-    from pikagen_jax.gan.state import build_text_encoder
-    from pikagen_jax.training.precision import compute_dtype
     from pikagen_jax.training.checkpointing import Checkpointer
+    from pikagen_jax.training.precision import compute_dtype
+    from pikagen_jax.training.text import build_text_encoder
 
     checkpointer = Checkpointer(stage_dir(workdir, stage), read_only=True)
     config = ml_collections.ConfigDict(checkpointer.restore_config(step=step))
@@ -132,7 +131,7 @@ def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = 
     `batch_size` (images per jitted call). `step` is a step of that stage. Diffusion runs keep no best
     checkpoint, so `best` raises.
     """
-    from pikagen_jax.run_sampler import RunSampler, generate_in_batches
+    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
 
     workdir = Path(workdir)
     if best:

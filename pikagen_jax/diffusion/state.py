@@ -20,10 +20,10 @@ import ml_collections
 import optax
 from flax import nnx
 
-from pikagen_jax.gan.state import build_text_encoder
-from pikagen_jax.training.precision import compute_dtype
 from pikagen_jax.models.unet import UNet
 from pikagen_jax.models.vae import VAE
+from pikagen_jax.training.precision import compute_dtype
+from pikagen_jax.training.text import build_text_encoder
 
 STAGES = ("vae", "unet", "text")
 STAGE_ITEMS = {

@@ -30,31 +30,21 @@ from pikagen_jax import config_utils
 from pikagen_jax.data.pipeline import make_eval_loader, steps_per_epoch
 from pikagen_jax.diffusion.sampling import LatentDiffusionSampler
 from pikagen_jax.diffusion.schedule import SAMPLERS
+from pikagen_jax.diffusion.stages import stage_dir, stage_has_checkpoints
 from pikagen_jax.diffusion.state import INHERITED_ITEMS, STAGES, DiffusionState, previous_stage
 from pikagen_jax.diffusion.steps import make_train_step
-from pikagen_jax.gan.state import count_params
-from pikagen_jax.gan.train import fixed_prompts
-from pikagen_jax.models.perceptual import PERCEPTUAL_NETWORKS, build_perceptual_network
+from pikagen_jax.metrics.perceptual import PERCEPTUAL_NETWORKS, build_perceptual_network
+from pikagen_jax.models.params import count_params
 from pikagen_jax.training.checkpointing import Checkpointer
 from pikagen_jax.training.logging import write_image_grid
 from pikagen_jax.training.loop import TrainResult, run_training
 from pikagen_jax.training.mesh import check_batch_divisible, make_mesh, replicate_nodes
+from pikagen_jax.training.samples import fixed_prompts
 
 STAGE_CHOICES = STAGES + ("all",)
 # Config blocks a later stage must share with the stage it takes networks over from.
 SHARED_BLOCKS = {"unet": ("text", "vae"), "text": ("text", "vae", "unet", "diffusion")}
 PERCEPTUAL_RECORD = "perceptual.json"
-
-
-def stage_dir(workdir: str | Path, stage: str) -> Path:
-    """The run folder of one stage: workdir/<stage>."""
-    return Path(workdir) / stage
-
-
-def stage_has_checkpoints(workdir: str | Path, stage: str) -> bool:
-    """Whether a stage has saved at least one checkpoint."""
-    folder = stage_dir(workdir, stage) / "checkpoints"
-    return folder.is_dir() and Checkpointer(stage_dir(workdir, stage), read_only=True).latest_step() is not None
 
 
 def stages_to_run(stage: str) -> tuple[str, ...]:

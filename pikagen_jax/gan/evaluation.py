@@ -16,7 +16,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pikagen_jax.gan.sampling import make_sampler, noise
+from pikagen_jax.gan.sampling import make_sampler
+from pikagen_jax.training.samples import noise
 
 EVAL_METRICS = ("fid", "kid")
 EVAL_SPLIT = "val"
@@ -29,7 +30,7 @@ def generate_for_tokens(sample: Callable, token_ids: np.ndarray, attention_mask:
     `sample(ids, mask, z)` is a `make_sampler` function; the noise comes from `seed`, so equal seeds give
     equal images. Batches have one fixed size (the last is padded), so the sampler compiles once.
     """
-    from pikagen_jax.run_sampler import generate_in_batches
+    from pikagen_jax.training.sampler import generate_in_batches
 
     if samples_per_caption < 1:
         raise ValueError(f"samples_per_caption must be >= 1, got {samples_per_caption}")
@@ -79,7 +80,7 @@ def make_eval_fn(config: ml_collections.ConfigDict, text_encoder: nnx.Module, em
     captions with noise fixed across evaluations, and compares them with the real validation images
     (statistics cached). The Inception network and the real data load on the first call.
     """
-    from pikagen_jax import evaluate
+    from pikagen_jax.metrics import split_eval
     from pikagen_jax.metrics.fid import extract_features
 
     name = eval_metric_name(config)
@@ -90,10 +91,10 @@ def make_eval_fn(config: ml_collections.ConfigDict, text_encoder: nnx.Module, em
 
     def eval_fn(step: int) -> dict[str, float]:
         if not cache:
-            cache["inception"] = evaluate.load_inception(inception_source)
-            data = evaluate.load_split(config, EVAL_SPLIT, batch_size)
+            cache["inception"] = split_eval.load_inception(inception_source)
+            data = split_eval.load_split(config, EVAL_SPLIT, batch_size)
             cache["tokens"] = (data.token_ids, data.attention_mask)
-            cache["reference"] = evaluate.split_reference_stats(
+            cache["reference"] = split_eval.split_reference_stats(
                 cache["inception"], config, EVAL_SPLIT, inception_source=inception_source, batch_size=batch_size,
                 cache_dir=cache_dir, images=data.images)
             if num_samples < len(data.captions):
@@ -104,8 +105,8 @@ def make_eval_fn(config: ml_collections.ConfigDict, text_encoder: nnx.Module, em
         images = generate_for_tokens(sample, ids[index], mask[index], config.model.z_dim, seed=config.seed,
                                      batch_size=batch_size)
         features = extract_features(cache["inception"], images, batch_size)
-        settings = evaluate.MetricSettings(kid_subset_size=min(1000, num_samples), batch_size=batch_size)
-        results = evaluate.compare_features(features, cache["reference"], settings)
+        settings = split_eval.MetricSettings(kid_subset_size=min(1000, num_samples), batch_size=batch_size)
+        results = split_eval.compare_features(features, cache["reference"], settings)
         if config.eval.metric == "fid":
             return {name: results["fid"]}
         return {name: results["kid"]["mean"], f"{name}_std": results["kid"]["std"]}

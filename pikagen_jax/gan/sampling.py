@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pikagen_jax.training.samples import noise
+
 
 def make_sampler(text_encoder: nnx.Module, generator: nnx.Module
                  ) -> Callable[[np.ndarray, np.ndarray, jax.Array], jax.Array]:
@@ -32,19 +34,15 @@ def make_sampler(text_encoder: nnx.Module, generator: nnx.Module
     return sample
 
 
-def noise(seed: int, count: int, z_dim: int) -> jax.Array:
-    """The latent codes for `count` images from `seed` (reproducible across runs and machines)."""
-    return jax.random.normal(jax.random.key(seed), (count, z_dim), jnp.float32)
-
-
 def load_gan_for_sampling(workdir: str | Path, step: int | None = None, best: bool = False):
     """(config, text encoder, EMA generator, step) restored from a GAN work directory (latest checkpoint,
     `step`, or the best one with `best`)."""
     import ml_collections
 
-    from pikagen_jax.gan.state import build_generator, build_text_encoder
-    from pikagen_jax.training.precision import compute_dtype
+    from pikagen_jax.gan.state import build_generator
     from pikagen_jax.training.checkpointing import Checkpointer
+    from pikagen_jax.training.precision import compute_dtype
+    from pikagen_jax.training.text import build_text_encoder
 
     workdir = Path(workdir)
     if not (workdir / "checkpoints").is_dir():
@@ -72,7 +70,7 @@ def load_gan_for_sampling(workdir: str | Path, step: int | None = None, best: bo
 def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, *, batch_size: int = 50):
     """A `RunSampler` of a GAN run: the EMA generator on the text encoder's embeddings, z drawn per image
     from the seed (`noise(seed, N, z_dim)`), in batches of `batch_size`."""
-    from pikagen_jax.run_sampler import RunSampler, generate_in_batches
+    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
 
     config, text, generator, resolved = load_gan_for_sampling(workdir, step, best)
     sample = make_sampler(text, generator)

@@ -9,31 +9,11 @@ import optax
 from flax import nnx
 
 from pikagen_jax.models.gan import Discriminator, Generator
-from pikagen_jax.models.text_encoder import TextEncoder
 from pikagen_jax.training.precision import compute_dtype
+from pikagen_jax.training.text import build_text_encoder
 
 # Names under which the parts are checkpointed (generation restores only text_encoder + ema_generator).
 CHECKPOINT_ITEMS = ("text_encoder", "generator", "discriminator", "ema_generator", "opt_g", "opt_d", "opt_text")
-
-
-def build_text_encoder(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype=jnp.float32) -> TextEncoder:
-    """The configured text encoder, checked against the tokenizer (ids past the embedding table would
-    silently become NaN on some backends)."""
-    from pikagen_jax.data.pipeline import tokenizer_from_config
-
-    t = config.text
-    encoder = TextEncoder(t.backbone, t.checkpoint, out_dim=t.out_dim, finetune=t.finetune, dtype=dtype, rngs=rngs)
-    tokenizer = tokenizer_from_config(config)
-    rows = encoder.backbone.config.vocab_size
-    if tokenizer.vocab_size > rows:
-        raise ValueError(f"the {t.tokenizer} tokenizer has {tokenizer.vocab_size} tokens but the {t.backbone} "
-                         f"text encoder {t.checkpoint!r} embeds only {rows}: pair a BERT checkpoint with "
-                         "text.tokenizer='wordpiece' and CLIP with 'clip'")
-    positions = encoder.backbone.config.max_position_embeddings
-    if t.max_length > positions:
-        raise ValueError(f"text.max_length={t.max_length} exceeds the text encoder's {positions} positions; "
-                         f"use --config.text.max_length={positions}")
-    return encoder
 
 
 def build_generator(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype=jnp.float32) -> Generator:
@@ -67,7 +47,3 @@ class GanState(nnx.Module):
         """The named nodes saved in checkpoints."""
         return {name: getattr(self, name) for name in CHECKPOINT_ITEMS}
 
-
-def count_params(module: nnx.Module, filter_=nnx.Param) -> int:
-    """Number of scalars in `module`'s variables matching `filter_`."""
-    return sum(x.size for x in jax.tree.leaves(nnx.state(module, filter_)))

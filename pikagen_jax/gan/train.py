@@ -10,20 +10,15 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pikagen_jax.data.pipeline import make_eval_loader
 from pikagen_jax.gan.evaluation import make_eval_fn, with_eval_checkpointing
-from pikagen_jax.gan.sampling import make_sampler, noise
-from pikagen_jax.gan.state import GanState, count_params
+from pikagen_jax.gan.sampling import make_sampler
+from pikagen_jax.gan.state import GanState
 from pikagen_jax.gan.steps import make_train_step
+from pikagen_jax.models.params import count_params
 from pikagen_jax.training.logging import write_image_grid
 from pikagen_jax.training.loop import TrainResult, run_training
 from pikagen_jax.training.mesh import make_mesh
-
-
-def fixed_prompts(config: ml_collections.ConfigDict, count: int, split: str = "val") -> dict[str, np.ndarray]:
-    """The first `count` captions of `split` (ids, mask, caption, image): the sample-grid prompts."""
-    batch = next(iter(make_eval_loader(config, split, batch_size=count)))
-    return {k: np.asarray(v) for k, v in batch.items()}
+from pikagen_jax.training.samples import fixed_prompts, noise
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:

@@ -14,16 +14,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from pikagen_jax.gan.sampling import noise
+from pikagen_jax.training.samples import noise
 
 
 def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, *, batch_size: int = 16):
     """A `RunSampler` of an L1 run (latest checkpoint, `step`, or with `best` the best by validation L1)."""
-    from pikagen_jax.training.precision import compute_dtype
     from pikagen_jax.l1.state import model_config
     from pikagen_jax.models.l1_model import L1Model
-    from pikagen_jax.run_sampler import RunSampler, generate_in_batches
     from pikagen_jax.training.checkpointing import Checkpointer
+    from pikagen_jax.training.precision import compute_dtype
+    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(Checkpointer(workdir, read_only=True).restore_config(step=step))

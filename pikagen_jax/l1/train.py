@@ -32,7 +32,7 @@ from pikagen_jax.data.pipeline import make_eval_loader, steps_per_epoch
 from pikagen_jax.l1 import report
 from pikagen_jax.l1.state import L1State, loss_needs_clip, validate_config
 from pikagen_jax.l1.steps import EpochMeans, Predictor, make_train_step
-from pikagen_jax.models.l1_model import parameter_count
+from pikagen_jax.models.params import count_params
 from pikagen_jax.training import checkpointing, early_stopping
 from pikagen_jax.training.logging import create_writer
 from pikagen_jax.training.loop import TrainResult, run_training
@@ -126,9 +126,9 @@ def _load_clip(config: ml_collections.ConfigDict):
     """A ClipScorer of `clip.checkpoint` (JAX CLIP model + BPE tokenizer), or None without a checkpoint."""
     if not config.clip.checkpoint:
         return None
-    from pikagen_jax.training.precision import compute_dtype
     from pikagen_jax.metrics.clip_score import ClipScorer
     from pikagen_jax.models.clip import CLIPModel
+    from pikagen_jax.training.precision import compute_dtype
 
     return ClipScorer(CLIPModel.from_pretrained(config.clip.checkpoint, dtype=compute_dtype(config)))
 
@@ -195,8 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     state = L1State(config, rngs=nnx.Rngs(config.seed), clip=clip.model if clip is not None else None)
     if state.clip is not None:
         replicate_nodes(mesh, state.clip)  # run_training replicates the checkpointed nodes only
-    logging.info("parameters: %d (BERT stage %d)", parameter_count(state.model),
-                 parameter_count(state.model.encoder.bert))
+    logging.info("parameters: %d (BERT stage %d)", count_params(state.model),
+                 count_params(state.model.encoder.bert))
     if config.model.output_prior == "train_median":  # restored from the checkpoint when resuming
         state.model.decoder.set_output_prior(median_train_image(config))
     epoch_means = EpochMeans(("loss", "l1", "clip_loss") if loss_needs_clip(config) else ("loss", "l1"))

@@ -142,7 +142,3 @@ class L1Model(nnx.Module):
         context = self.attention(tokens, attention_mask, deterministic=deterministic)
         return self.decoder(context, z, tokens, attention_mask, deterministic=deterministic)
 
-
-def parameter_count(model: nnx.Module) -> int:
-    """Number of scalar parameters (nnx.Param) in a model, concrete or abstract (nnx.eval_shape)."""
-    return sum(int(x.size) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -22,8 +22,8 @@ from absl import logging
 
 from pikagen_jax.data.pipeline import make_train_loader
 from pikagen_jax.training import checkpointing, guards
-from pikagen_jax.training.compile_watch import CompileCounter
 from pikagen_jax.training import logging as train_logging
+from pikagen_jax.training.compile_watch import CompileCounter
 from pikagen_jax.training.mesh import Mesh, replicate_nodes, shard_batch
 
 Metrics = Mapping[str, Any]

@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "mixed_precision": "float32",
         "nonfinite_policy": "stop",
         "log_every": 25,
+        "max_minutes": 0.0,  # > 0: stop (sample, checkpoint) after this much wall-clock time, compile included
         "sample_every": 250,
         "num_samples": 32,  # fixed-noise samples in each grid
     })

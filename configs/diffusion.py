@@ -119,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "mixed_precision": "float32",  # or "bfloat16"
         "nonfinite_policy": "stop",  # "stop" with a message, or "skip" the update (the seed skips NaN batches)
         "log_every": 50,
+        "max_minutes": 0.0,  # > 0: stop (sample, checkpoint) after this much wall-clock time, compile included
         "sample_every": 1000,
         "num_sample_prompts": 8,
     })

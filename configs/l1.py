@@ -92,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "mixed_precision": "float32",  # or "bfloat16" (compute in bf16, params f32)
         "nonfinite_policy": "stop",  # non-finite loss: "stop" with a message, or "skip" the update
         "log_every": 50,
+        "max_minutes": 0.0,  # > 0: stop (sample, checkpoint) after this much wall-clock time, compile included
         "sample_every": 0,  # derived from report.every_epochs
         # Stop when validation L1 has not improved by more than early_stop_min_delta for this many
         # evaluations (0: train all num_epochs, as the seed did). Decided from learning_curves.json, so a

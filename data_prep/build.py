@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from data_prep.pokemon_sprites.pokemon_sprites_dataset_builder import LAYOUTS, make_config
+from pikagen_jax.errors import EXIT_USER_ERROR, debug_enabled, format_user_error
 
 DEFAULT_DATA_DIR = "data/tfds"
 
@@ -55,12 +56,22 @@ def build(args: argparse.Namespace) -> tuple[str, dict, str]:
                          intra_holdout=args.intra_holdout, sprite_folder=args.sprite_folder)
     name = config if isinstance(config, str) else config.name
     target = Path(args.data_dir) / "pokemon_sprites" / name
-    if args.overwrite and target.exists():
-        shutil.rmtree(target)
+    previous = None
+    if args.overwrite and target.exists():  # kept aside until the new build has succeeded
+        previous = target.with_name(f"{target.name}.previous-{os.getpid()}")
+        target.rename(previous)
     builder = Builder(config=config, data_dir=args.data_dir, strict=args.strict)
     manual_dir = str(Path(args.source_dir).resolve()) if args.source_dir else None
-    builder.download_and_prepare(file_format="array_record",
-                                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    try:
+        builder.download_and_prepare(file_format="array_record",
+                                     download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except BaseException:
+        if previous is not None:  # a failed rebuild leaves the dataset that was there
+            shutil.rmtree(target, ignore_errors=True)
+            previous.rename(target)
+        raise
+    if previous is not None:
+        shutil.rmtree(previous)
     report = builder.build_report or {"skipped": builder.info.metadata.get("skipped", []),
                                       "warnings": builder.info.metadata.get("warnings", []), "reused": True}
     counts = " | ".join(f"{s} {builder.info.splits[s].num_examples}" for s in builder.info.splits)
@@ -78,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         _, report, summary = build(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:  # a source folder, file or format the user can fix
+        if debug_enabled():
+            raise
+        print(format_user_error(e), file=sys.stderr)
+        return EXIT_USER_ERROR
     for warning in report["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     shown = 20

@@ -70,21 +70,45 @@ def enriched_description(description: str, classification: str, types: list[str]
     return " ".join(p for p in parts if p)
 
 
+MIN_SIDE = 8  # a smaller image is no sprite
+MAX_SIDE = 1024  # a larger one is downscaled (the systems train at 64-256 px)
+
+
+def _to_rgba(im: Image.Image) -> Image.Image:
+    """RGBA of any PIL mode: palette, greyscale, CMYK, and 16-/32-bit integer or float greyscale (scaled to
+    8 bits by its own range instead of being clipped white)."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        im = Image.fromarray(np.clip(np.round(values / top * 255.0), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGBA")
+
+
 def load_sprite_rgb(path: Path | str) -> np.ndarray:
     """Loads a sprite as uint8 RGB (H, W, 3) with transparency composited onto white.
 
-    Palette and greyscale PNGs are converted through RGBA first. Raises BadImageError naming the
-    file when it is missing, truncated or not an image.
+    Palette, greyscale, CMYK and 16-bit images are converted through RGBA; an image larger than 1024 px on a
+    side is downscaled to fit (high-quality resampling). Raises BadImageError naming the file when it is
+    missing, empty, truncated, not an image, or smaller than 8 px on a side.
     """
     path = Path(path)
     if not path.is_file():
         raise BadImageError(f"sprite file not found: {path}")
+    if path.stat().st_size == 0:
+        raise BadImageError(f"sprite file {path} is empty (0 bytes)")
     try:
         with Image.open(path) as im:
             im.load()
-            rgba = im.convert("RGBA")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            if min(im.size) < MIN_SIDE:
+                raise BadImageError(f"sprite {path} is {im.size[0]}x{im.size[1]} px: too small to be a sprite "
+                                    f"(at least {MIN_SIDE} px on a side)")
+            rgba = _to_rgba(im)
+    except BadImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadImageError(f"cannot decode sprite {path}: {e}") from e
+    if max(rgba.size) > MAX_SIDE:
+        rgba.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
     return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
 

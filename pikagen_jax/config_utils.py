@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,17 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_flags import config_path, tuple_parser
 
-KNOWN_SYSTEMS = ("gan", "l1", "diffusion", "dcgan")
+from pikagen_jax.errors import ConfigError, ConfigKeyError, UserError
+
+KNOWN_SYSTEMS = ("gan", "l1", "diffusion", "dcgan", "alignment")
 POWER_OF_TWO_SIZES = (64, 128, 256)
 # Systems that also train at the Kaggle sprites' native 215 px (seed 000/001 decoder, seed 003 VAE).
 NATIVE_215_SYSTEMS = ("l1", "diffusion")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigFileNotFoundError(UserError, FileNotFoundError):
+    """A --config path that does not exist."""
 
 
 def define_config_flag(name: str = "config", default: str | None = None) -> flags.FlagHolder:
@@ -44,7 +51,7 @@ def _resolve_config_file(path: str) -> Path:
     if not candidate.is_absolute() and (REPO_ROOT / candidate).is_file():
         return REPO_ROOT / candidate
     available = sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py") if p.name != "__init__.py")
-    raise FileNotFoundError(f"config file {path!r} not found (looked in {Path.cwd()} and {REPO_ROOT}); "
+    raise ConfigFileNotFoundError(f"config file {path!r} not found (looked in {Path.cwd()} and {REPO_ROOT}); "
                             f"available configs: {available}")
 
 
@@ -85,7 +92,7 @@ def _parse_override_value(text: str, field_type: type) -> Any:
         return text
 
 
-def _unknown_key_error(config: ml_collections.ConfigDict, key: str) -> KeyError:
+def _unknown_key_error(config: ml_collections.ConfigDict, key: str) -> ConfigKeyError:
     parts = key.split(".")
     node: Any = config
     for depth, part in enumerate(parts):
@@ -96,9 +103,9 @@ def _unknown_key_error(config: ml_collections.ConfigDict, key: str) -> KeyError:
         known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
         close = difflib.get_close_matches(part, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; it has {known}" if known else ""
-        return KeyError(f"config override {key!r}: no field {part!r} in {where}{hint} "
+        return ConfigKeyError(f"config override {key!r}: no field {part!r} in {where}{hint} "
                         "(configs are locked: only existing fields can be overridden)")
-    return KeyError(f"config override {key!r}: not a settable field")
+    return ConfigKeyError(f"config override {key!r}: not a settable field")
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any] | Sequence[str]
@@ -112,7 +119,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
         for entry in overrides:
             key, sep, text = str(entry).partition("=")
             if not sep or not key:
-                raise ValueError(f"config override {entry!r} must look like key=value, e.g. train.batch_size=8")
+                raise ConfigError(f"config override {entry!r} must look like key=value, e.g. train.batch_size=8")
             items.append((key.strip(), text))
     for key, value in items:
         try:
@@ -124,7 +131,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
         try:
             config_path.set_value(key, config, value)
         except TypeError as error:
-            raise TypeError(f"config override {key}={value!r}: {error}") from None
+            raise ConfigError(f"config override {key}={value!r}: {error}") from None
     return config
 
 
@@ -132,7 +139,7 @@ def _required(config: ml_collections.ConfigDict, key: str) -> Any:
     try:
         return config_path.get_value(key, config)
     except (KeyError, AttributeError):
-        raise KeyError(f"config has no {key!r}: every system config needs system, train.batch_size and "
+        raise ConfigKeyError(f"config has no {key!r}: every system config needs system, train.batch_size and "
                        "data.image_size") from None
 
 
@@ -152,22 +159,38 @@ def validate_common(config: ml_collections.ConfigDict, num_devices: int) -> None
 
     system = _required(config, "system")
     if system not in KNOWN_SYSTEMS:
-        raise ValueError(f"config.system={system!r} is not one of {KNOWN_SYSTEMS}")
+        raise ConfigError(f"config.system={system!r} is not one of {KNOWN_SYSTEMS}")
     check_batch_divisible(int(_required(config, "train.batch_size")), num_devices, "train.batch_size")
     size = _required(config, "data.image_size")
     allowed = allowed_image_sizes(system)
     if size not in allowed:
         nearest = min(allowed, key=lambda allowed_size: abs(allowed_size - float(size)))
-        raise ValueError(f"data.image_size={size} is not supported by the {system!r} system: use one of "
+        raise ConfigError(f"data.image_size={size} is not supported by the {system!r} system: use one of "
                          f"{allowed}, e.g. --config.data.image_size={nearest}")
     if "train" in config and "nonfinite_policy" in config.train and config.train.nonfinite_policy not in POLICIES:
-        raise ValueError(f"train.nonfinite_policy={config.train.nonfinite_policy!r} must be one of {POLICIES}")
+        raise ConfigError(f"train.nonfinite_policy={config.train.nonfinite_policy!r} must be one of {POLICIES}")
+    for key in ("train.num_steps", "train.num_epochs", "train.max_minutes", "train.log_every", "train.sample_every"):
+        value = _optional(config, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{key}={value} must be >= 0")
+    for key in ("checkpoint.every_steps", "checkpoint.max_to_keep"):
+        value = _optional(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value} (e.g. --config.{key}=1)")
+
+
+def _optional(config: ml_collections.ConfigDict, key: str) -> Any:
+    try:
+        value = config_path.get_value(key, config)
+    except (KeyError, AttributeError):
+        return None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def trainer_for(system: str) -> Callable[[ml_collections.ConfigDict, str], Any]:
     """`pikagen_jax.<system>.train.train_and_evaluate`, imported on demand."""
     if system not in KNOWN_SYSTEMS:
-        raise ValueError(f"unknown system {system!r}: config.system must be one of {KNOWN_SYSTEMS}")
+        raise ConfigError(f"unknown system {system!r}: config.system must be one of {KNOWN_SYSTEMS}")
     module_name = f"pikagen_jax.{system}.train"
     try:
         module = importlib.import_module(module_name)
@@ -179,3 +202,37 @@ def trainer_for(system: str) -> Callable[[ml_collections.ConfigDict, str], Any]:
     if not callable(trainer):
         raise ImportError(f"{module_name} defines no train_and_evaluate(config, workdir)")
     return trainer
+
+
+def _innermost_message(error: BaseException) -> str:
+    """The message of the innermost error: ml_collections wraps a config file's own error, traceback and all,
+    into the message of the flag error it raises."""
+    text = str(error.args[0]) if error.args else str(error)
+    for line in reversed(text.strip().splitlines()):
+        match = re.match(r"^[A-Za-z_.]*(?:Error|Exception): (.+)$", line.strip())
+        if match:
+            return match.group(1)
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def explain_flag_error(error: Exception, argv: Sequence[str]) -> str:
+    """A one-line reason for a failed command line: the config file or preset that does not load, the first
+    override key that does not exist (with the closest names) or value that does not parse, else absl's."""
+    config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if config_arg is not None:
+        try:
+            config = load_config(config_arg)
+        except Exception as load_error:  # noqa: BLE001  (its message is the explanation)
+            if isinstance(load_error, FileNotFoundError):
+                return str(load_error)
+            return f"--config={config_arg}: {_innermost_message(load_error)}"
+        for arg in argv:
+            if arg.startswith("--config.") and "=" in arg:
+                key, value = arg[len("--config."):].split("=", 1)
+                try:
+                    apply_overrides(config, [f"{key}={value}"])
+                except ConfigKeyError as unknown:
+                    return str(unknown.args[0])
+                except (UserError, ValueError, TypeError) as bad_value:
+                    return f"--config.{key}={value}: {_innermost_message(bad_value)}"
+    return _innermost_message(error).removeprefix("FATAL Flags parsing error: ")

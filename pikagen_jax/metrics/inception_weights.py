@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from pikagen_jax.cache_dir import default_cache_dir
+from pikagen_jax.errors import UserError
 from pikagen_jax.metrics.inception import NUM_CLASSES, InceptionV3, Preprocess
 
 FID_HELPER_VERSION = "0.1.3"
@@ -61,7 +62,7 @@ _TORCHVISION_TENSORS = {"conv.weight": "conv/kernel", "bn.weight": "bn/scale", "
                         "bn.running_mean": "bn/mean", "bn.running_var": "bn/var"}
 
 
-class InceptionWeightsError(ValueError):
+class InceptionWeightsError(UserError, ValueError):
     """Inception weights are missing, unreadable, or do not match the FID Inception-v3."""
 
 

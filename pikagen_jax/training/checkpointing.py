@@ -16,6 +16,12 @@ tmp folder, which is never listed as a step and is deleted when the next writing
 directory, so resuming always starts from the last complete step. Samplers and evaluators that read a
 directory while training may still write to it should open it with `read_only=True` (no cleanup, no saves).
 
+Every committed step also gets a checksum manifest (`checkpoint_integrity`). Restoring without an explicit step
+(resume, `generate`, `evaluate`) verifies the newest step first; a damaged one is moved aside to
+`corrupt-<step>/` (left in place when opened read-only) with a one-line warning, and the next older step is
+tried; if none is intact, `NoIntactCheckpointError` lists what was tried. A step that is intact but does not
+fit the model built from the config is `CheckpointMismatchError`, never moved.
+
 The best checkpoint lives in its own CheckpointManager (`workdir/best/`) instead of using `best_fn` on the
 main one: orbax's `best_fn` ranks *all* kept checkpoints by the metric, so the latest step (the one needed
 to resume) could be deleted. Here the main manager keeps the latest steps, and the best manager saves only
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as std_logging
 import math
 import os
 from collections.abc import Mapping
@@ -49,6 +56,22 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from flax import nnx
+
+from pikagen_jax.errors import ConfigError, NoCheckpointError, NoIntactCheckpointError, UserError
+from pikagen_jax.models.params import Pretrained
+from pikagen_jax.training import checkpoint_integrity as integrity
+
+
+class _DropReadOnlyNotes(std_logging.Filter):
+    """Orbax warns twice every time a folder is opened read-only, as samplers and evaluators always do."""
+
+    NOTES = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOTES)
+
+
+std_logging.getLogger("absl").addFilter(_DropReadOnlyNotes())
 
 DATA_ITERATOR_ITEM = "data_iterator"
 CONFIG_ITEM = "config"
@@ -65,6 +88,7 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
         "best_metric": "",     # e.g. 'val_l1': also keep the best steps by it in workdir/best ('' = off)
         "best_mode": "min",    # 'min' or 'max'
         "keep_best": 1,        # how many best checkpoints to keep
+        "on_save_error": "stop",  # a failed save (disk full, ...): "stop" training with one line, or "warn"
     })
 
 
@@ -90,8 +114,9 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding | None = None) -> A
 
 
 def _as_state(value: Any) -> Any:
-    """NNX modules / optimizers become their `nnx.state`; other pytrees pass through."""
-    return nnx.state(value) if nnx.graph.is_graph_node(value) else value
+    """NNX modules / optimizers become their `nnx.state` without `Pretrained` weights (loaded again from their
+    package when the model is built, so checkpoints do not carry copies); other pytrees pass through."""
+    return nnx.state(value, nnx.Not(Pretrained)) if nnx.graph.is_graph_node(value) else value
 
 
 def _config_json(config: Any) -> Any:
@@ -147,6 +172,14 @@ class _Best:
     value: float | None = None
 
 
+class CheckpointMismatchError(UserError, ValueError):
+    """An intact checkpoint that does not fit the model built from the current config."""
+
+
+class CheckpointSaveError(UserError, OSError):
+    """Writing a checkpoint failed (disk full, file too large, no permission); earlier steps are intact."""
+
+
 class Checkpointer:
     """Latest-N (and optionally best-N) Orbax checkpoints of named states under `workdir`."""
 
@@ -154,13 +187,13 @@ class Checkpointer:
                  async_save: bool = True, best_metric: str = "", best_mode: str = "min", keep_best: int = 1,
                  read_only: bool = False):
         if every_steps < 1:
-            raise ValueError(f"checkpoint.every_steps must be >= 1, got {every_steps}")
+            raise ConfigError(f"checkpoint.every_steps must be >= 1, got {every_steps}")
         if max_to_keep < 1:
-            raise ValueError(f"checkpoint.max_to_keep must be >= 1, got {max_to_keep}")
+            raise ConfigError(f"checkpoint.max_to_keep must be >= 1, got {max_to_keep}")
         if best_mode not in BEST_MODES:
-            raise ValueError(f"checkpoint.best_mode must be one of {BEST_MODES}, got {best_mode!r}")
+            raise ConfigError(f"checkpoint.best_mode must be one of {BEST_MODES}, got {best_mode!r}")
         if best_metric and keep_best < 1:
-            raise ValueError(f"checkpoint.keep_best must be >= 1 when best_metric is set, got {keep_best}")
+            raise ConfigError(f"checkpoint.keep_best must be >= 1 when best_metric is set, got {keep_best}")
         self.workdir = epath.Path(os.path.abspath(workdir))  # Orbax/TensorStore need absolute paths
         self.every_steps = every_steps
         self.best_metric, self.best_mode, self.read_only = best_metric, best_mode, read_only
@@ -178,6 +211,7 @@ class Checkpointer:
             ))
         self._best_manager = None
         self._best = _Best()
+        self._pending_checksums: list[tuple[ocp.CheckpointManager, int]] = []
         if best_metric:
             metric_fn = self._metric_of
             self._best_manager = ocp.CheckpointManager(
@@ -205,8 +239,10 @@ class Checkpointer:
         if "checkpoint" in config:
             unknown = sorted(set(config.checkpoint.keys()) - set(block.keys()))
             if unknown:
-                raise ValueError(f"config.checkpoint has unknown field(s) {unknown}; known: {sorted(block.keys())}")
+                raise ConfigError(f"config.checkpoint has unknown field(s) {unknown}; known: {sorted(block.keys())}")
             block.update(config.checkpoint.to_dict())
+        if block.on_save_error not in ("stop", "warn"):
+            raise ConfigError(f"checkpoint.on_save_error must be 'stop' or 'warn', got {block.on_save_error!r}")
         return cls(workdir, every_steps=block.every_steps, max_to_keep=block.max_to_keep,
                    async_save=block.async_save, best_metric=block.best_metric, best_mode=block.best_mode,
                    keep_best=block.keep_best, read_only=read_only)
@@ -240,7 +276,14 @@ class Checkpointer:
             return False
         if step in self._manager.all_steps():
             return False
-        return self._manager.save(step, args=self._save_args(state, data_iterator, config), force=True)
+        self._finish_pending()
+        try:
+            started = self._manager.save(step, args=self._save_args(state, data_iterator, config), force=True)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise self._save_error(error) from error
+        if started:
+            self._pending_checksums.append((self._manager, step))
+        return started
 
     def maybe_save_best(self, step: int, state: Mapping[str, Any], metrics: Mapping[str, Any], *,
                         data_iterator: Any = None, config: Any = None) -> bool:
@@ -259,8 +302,10 @@ class Checkpointer:
         improved = best is None or (value < best if self.best_mode == "min" else value > best)
         if not improved or step == self._best.step:
             return False
+        self._finish_pending()
         self._best_manager.save(step, args=self._save_args(state, data_iterator, config),
                                 metrics={self.best_metric: value}, force=True)
+        self._pending_checksums.append((self._best_manager, step))
         logging.info("step %d: new best %s=%g (previous %s)", step, self.best_metric, value, best)
         self._best = _Best(step, value)
         return True
@@ -291,11 +336,51 @@ class Checkpointer:
             raise ValueError("no best checkpoints: this Checkpointer has no best_metric")
         return self._best_manager if best else self._manager
 
+    def latest_intact_step(self, best: bool = False) -> int | None:
+        """The newest step (of `best/` with `best`) that verifies, or None when there is no step at all.
+
+        Damaged steps on the way are moved aside (left in place when read-only), each with a one-line warning;
+        if steps exist but none is intact, raises NoIntactCheckpointError listing them."""
+        manager = self._manager_for(best)
+        manager.wait_until_finished()
+        tried: list[str] = []
+        skipped: set[int] = set()
+        while True:
+            steps = [s for s in sorted(manager.all_steps(), reverse=True) if s not in skipped]
+            if not steps:
+                break
+            step = steps[0]
+            step_dir = Path(manager.directory) / str(step)
+            reason = integrity.verify_step(step_dir, read_all_items(manager, step))
+            if reason is None:
+                if best and step != self._best.step:
+                    self._best = _Best(step, self._metric_of(manager.metrics(step)))
+                return step
+            if self.read_only:
+                where = "left in place (opened read-only; `python -m pikagen_jax.check_workdir --quarantine` moves it)"
+                skipped.add(step)
+            else:
+                target = step_dir.with_name(integrity.QUARANTINE_PREFIX + step_dir.name)
+                if jax.process_index() == 0:  # one process moves it; the others see the same damage, then wait
+                    target = integrity.quarantine(step_dir)
+                if jax.process_count() > 1:
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
+                where = f"moved aside to {target.name}/"
+                manager.reload()
+            logging.warning("checkpoint step %d in %s is damaged: %s; %s", step, manager.directory, reason, where)
+            tried.append(f"step {step}: {reason}")
+        if tried:
+            raise NoIntactCheckpointError(f"no intact checkpoint in {manager.directory}: " + "; ".join(tried)
+                                          + ". Start afresh with a new --workdir, or restore a backup of it.")
+        return None
+
     def _resolve_step(self, step: int | None, best: bool) -> int:
-        resolved = (self.best_step() if best else self.latest_step()) if step is None else step
+        resolved = self.latest_intact_step(best) if step is None else step
         if resolved is None:
             where = self.workdir / ("best" if best else "checkpoints")
-            raise FileNotFoundError(f"no checkpoint in {where}")
+            raise NoCheckpointError(f"no checkpoint in {where}")
         return resolved
 
     def restore(self, targets: Mapping[str, Any], *, step: int | None = None, best: bool = False,
@@ -316,6 +401,8 @@ class Checkpointer:
                  for name, target in targets.items()}
         step_dir = manager.directory / str(step)
         has_iterator = (step_dir / DATA_ITERATOR_ITEM).exists()
+        if data_iterator is not None and has_iterator:
+            _check_process_count(step_dir / DATA_ITERATOR_ITEM, step)
         if data_iterator is not None:
             if has_iterator:
                 items[DATA_ITERATOR_ITEM] = grain.checkpoint.CheckpointRestore(_IteratorStateSnapshot())
@@ -337,10 +424,18 @@ class Checkpointer:
         Restored arrays keep the shardings the nodes' arrays have now (e.g. after `replicate_nodes`).
         Returns the restored step, or 0 when there is no checkpoint yet (a fresh run).
         """
-        step = self.best_step() if best else self.latest_step()
+        step = self.latest_intact_step(best)
         if step is None:
             return 0
-        restored = self.restore(nodes, step=step, best=best, data_iterator=data_iterator)
+        try:
+            restored = self.restore(nodes, step=step, best=best, data_iterator=data_iterator)
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001  (the step verified, so the model or config changed)
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self._manager_for(best).directory} is intact but does not fit the model "
+                f"built from the current config ({_first_line(error)}): were model settings changed? Resume with "
+                "the run's own settings, or train into a new --workdir") from error
         for name, node in nodes.items():
             nnx.update(node, restored[name])
         logging.info("restored %s from %s step %d", sorted(nodes), "best" if best else "latest", step)
@@ -358,10 +453,37 @@ class Checkpointer:
     # ---------------------------------------------------------------- lifecycle
 
     def wait_until_finished(self) -> None:
-        """Blocks until every pending asynchronous save has been written and committed."""
-        self._manager.wait_until_finished()
-        if self._best_manager is not None:
-            self._best_manager.wait_until_finished()
+        """Blocks until every pending asynchronous save has been written, committed and checksummed.
+
+        A failed write (disk full, file size limit, permissions) raises CheckpointSaveError; the steps written
+        before it are intact."""
+        self._finish_pending()
+
+    def _save_error(self, error: BaseException) -> CheckpointSaveError:
+        try:
+            self._manager.reload()
+            kept = self.all_steps()
+        except Exception:  # noqa: BLE001  (the listing is only a hint)
+            kept = "see " + str(self.workdir / "checkpoints")
+        return CheckpointSaveError(f"writing a checkpoint to {self.workdir} failed: {_first_line(error)} (disk full? "
+                                   f"file size limit? no permission?); the steps saved before it are intact: {kept}; "
+                                   "free space or fix the folder, then run the same command again to resume")
+
+    def _finish_pending(self) -> None:
+        """Waits for the asynchronous saves, then writes the checksum manifest of each newly committed step."""
+        managers = [self._manager] + ([self._best_manager] if self._best_manager is not None else [])
+        try:
+            for manager in managers:
+                manager.wait_until_finished()
+            if jax.process_index() == 0:
+                for manager, step in self._pending_checksums:
+                    step_dir = Path(manager.directory) / str(step)
+                    if step_dir.is_dir() and not integrity.has_checksums(step_dir):
+                        integrity.write_checksums(step_dir)
+        except (OSError, ValueError, RuntimeError) as error:
+            self._pending_checksums = []
+            raise self._save_error(error) from error
+        self._pending_checksums = []
 
     def close(self) -> None:
         """Waits for pending saves and releases the managers' threads."""
@@ -375,3 +497,36 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_process_count(iterator_dir: Path, step: int) -> None:
+    """Grain saves one `process_<i>-of-<n>.json` per process: a resume must have the same n processes."""
+    here = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    files = sorted(p.name for p in Path(iterator_dir).glob("process_*-of-*.json"))
+    if files and here not in files:
+        written = files[0].rsplit("-of-", 1)[1].removesuffix(".json")
+        raise ConfigError(f"checkpoint step {step} was written by {written} process(es), this run has "
+                          f"{jax.process_count()}: the data shards (and so the batches) depend on it; resume with "
+                          f"--num_processes={written}, or train into a new --workdir")
+
+
+def read_only_manager(folder: str | Path) -> ocp.CheckpointManager:
+    """A read-only CheckpointManager of one folder of steps (checkpoints/ or best/)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False)
+    return ocp.CheckpointManager(epath.Path(os.path.abspath(folder)), options=options)
+
+
+def read_all_items(manager: ocp.CheckpointManager, step: int):
+    """A reader of every array item and the config of a step, without targets (verifies readability)."""
+    step_dir = Path(manager.directory) / str(step)
+    names = [p.name for p in step_dir.iterdir() if p.is_dir() and p.name not in RESERVED_ITEMS] \
+        if step_dir.is_dir() else []
+    items = {name: ocp.args.StandardRestore() for name in names}
+    if (step_dir / CONFIG_ITEM).exists():
+        items[CONFIG_ITEM] = ocp.args.JsonRestore()
+    return lambda: manager.restore(step, args=ocp.args.Composite(**items))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]

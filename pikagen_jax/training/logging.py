@@ -8,6 +8,7 @@ to the host only on log steps. Watch a run with `tensorboard --logdir <workdir>`
 from __future__ import annotations
 
 import contextlib
+import logging as std_logging
 import math
 import time
 from collections.abc import Iterator, Mapping
@@ -18,6 +19,45 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class _ProjectInfoOnly(std_logging.Filter):
+    """Passes warnings and errors from anywhere, INFO and below only from this project's own code."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if record.levelno >= std_logging.WARNING:
+            return True
+        path = str(record.pathname)
+        return path.startswith(_PROJECT_ROOT) and "site-packages" not in path
+
+
+class _ConsoleFormatter(std_logging.Formatter):
+    """'15:13:50 step 200/1000 | ...' for INFO, '15:13:50 WARNING: ...' above it."""
+
+    def format(self, record: std_logging.LogRecord) -> str:
+        clock = time.strftime("%H:%M:%S", time.localtime(record.created))
+        level = "" if record.levelno <= std_logging.INFO else f"{record.levelname}: "
+        text = f"{clock} {level}{record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+def quiet_third_party_logging(verbose: bool = False) -> None:
+    """Keeps the console to this project's progress and losses: third-party INFO lines (Orbax, Grain, CLU's
+    metric echo, absl) are dropped, TensorFlow's C++ logging is limited to errors and lines carry only the
+    time; `verbose` (`--verbosity=1`) keeps absl's full format and every library's lines."""
+    import os
+
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _ProjectInfoOnly) for f in handler.filters):
+        handler.addFilter(_ProjectInfoOnly())
+    handler.setFormatter(_ConsoleFormatter())
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -196,6 +236,6 @@ def write_image_grid(writer, step: int, name: str, images: Any, ncols: int = 8,
     `png_path` is given); returns the uint8 grid."""
     grid = make_image_grid(images, ncols)
     writer.write_images(step, {name: grid[None]})
-    if png_path is not None:
+    if png_path is not None and jax.process_index() == 0:  # one process writes the files
         save_png(png_path, grid)
     return grid

@@ -11,7 +11,9 @@ metrics (fetched to the host only at log steps). It must update `nodes` (in plac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -21,12 +23,18 @@ import ml_collections
 from absl import logging
 
 from pikagen_jax.data.pipeline import make_train_loader
+from pikagen_jax.errors import UserError
 from pikagen_jax.training import checkpointing, guards
 from pikagen_jax.training import logging as train_logging
 from pikagen_jax.training.compile_watch import CompileCounter
 from pikagen_jax.training.mesh import Mesh, replicate_nodes, shard_batch
+from pikagen_jax.training.workdir_lock import WorkdirLock
 
 Metrics = Mapping[str, Any]
+
+
+class WorkdirNotWritableError(UserError, PermissionError):
+    """The work directory cannot be created or written."""
 
 
 @dataclasses.dataclass
@@ -55,13 +63,48 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
     checkpoints every `checkpoint.every_steps` and at the end. Non-finite metrics stop the run or are
     counted as skipped updates, by `train.nonfinite_policy`. After each evaluation (and on resume)
     `stop_fn(step)` may return a reason to stop early (e.g. `training.early_stopping.stop_reason`); the run
-    then checkpoints and ends, and `TrainResult.stopped_early` holds the reason.
+    then checkpoints and ends, and `TrainResult.stopped_early` holds the reason. With `train.max_minutes`
+    > 0 the run also stops (sampling and checkpointing that step) once this call has run that long, compile
+    time included: a wall-clock budget (a resumed run gets a new one).
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    check_writable(workdir)
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _run_training(config, workdir, mesh=mesh, nodes=nodes, train_step=train_step, sample_fn=sample_fn,
+                             eval_fn=eval_fn, stop_fn=stop_fn)
+
+
+def check_writable(workdir: Path) -> None:
+    """A work directory that cannot be created or written is a user error, found before anything runs."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise WorkdirNotWritableError(f"cannot create the work directory {workdir}: {error.strerror}; pick "
+                                      "another --workdir") from error
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise WorkdirNotWritableError(f"the work directory {workdir} is not writable; fix its permissions or "
+                                      "pick another --workdir")
+
+
+def _save(checkpointer: checkpointing.Checkpointer, policy: str, *args, **kwargs) -> None:
+    """A checkpoint save that stops the run with one line ('stop') or warns and goes on ('warn') on failure."""
+    try:
+        checkpointer.save(*args, **kwargs)
+    except checkpointing.CheckpointSaveError as error:
+        if policy != "warn":
+            raise
+        logging.warning("%s; training goes on (checkpoint.on_save_error='warn')", error)
+
+
+def _run_training(config: ml_collections.ConfigDict, workdir: Path, *, mesh: Mesh, nodes: Mapping[str, Any],
+                  train_step: Callable[[dict, int], Metrics], sample_fn: Callable[[int, Any], None] | None,
+                  eval_fn: Callable[[int], dict[str, float]] | None,
+                  stop_fn: Callable[[int], str | None] | None) -> TrainResult:
     writer = train_logging.create_writer(workdir)
     train_logging.write_hparams(writer, config)
     checkpointer = checkpointing.Checkpointer.from_config(workdir, config)
+    save_policy = config.checkpoint.get("on_save_error", "stop") if "checkpoint" in config else "stop"
     iterator = iter(make_train_loader(config))
     replicate_nodes(mesh, *nodes.values())  # restored arrays take these (replicated) shardings
     start_step = checkpointer.restore_latest_into(dict(nodes), data_iterator=iterator)
@@ -79,6 +122,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
                                               writer=writer)
     policy = config.train.nonfinite_policy
     eval_every = int(config.eval.every_steps) if "eval" in config else 0
+    budget_seconds = 60.0 * float(config.train.get("max_minutes", 0) or 0)
     last: dict[str, float] = {}
     skipped_since_log = 0  # device scalar: updates rejected as non-finite since the last log line
     started = time.perf_counter()
@@ -120,19 +164,32 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
                     if sample_fn is not None and done % config.train.sample_every:  # the last step's samples
                         with reporter.timed("sample"):
                             sample_fn(done, writer)
+            if budget_seconds and done < num_steps and stopped_early is None \
+                    and time.perf_counter() - started >= budget_seconds:
+                stopped_early = f"the time budget of {budget_seconds / 60:g} min (train.max_minutes) was reached"
+                logging.info("stopping at step %d of %d: %s", done, num_steps, stopped_early)
+                if sample_fn is not None and done % config.train.sample_every:  # the last step's samples
+                    with reporter.timed("sample"):
+                        sample_fn(done, writer)
             last_step = done == num_steps or stopped_early is not None
             if done % checkpointer.every_steps == 0 or last_step:  # no host sync on other steps
                 with reporter.timed("checkpoint"):
-                    checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=last_step)
+                    _save(checkpointer, save_policy, done, nodes, data_iterator=iterator, config=config,
+                          force=last_step)
             if stopped_early is not None:
                 break
     except KeyboardInterrupt:  # Ctrl-C: keep the work of the last completed step, then stop
         if done > start_step:
             logging.warning("interrupted: saving step %d before exiting", done)
-            checkpointer.save(done, nodes, data_iterator=iterator, config=config, force=True)
+            _save(checkpointer, save_policy, done, nodes, data_iterator=iterator, config=config, force=True)
         raise
     finally:
-        checkpointer.wait_until_finished()
+        try:
+            checkpointer.wait_until_finished()
+        except checkpointing.CheckpointSaveError as error:
+            if save_policy != "warn":
+                raise
+            logging.warning("%s", error)
         writer.flush()
     seconds = time.perf_counter() - started
     steps = max(done - start_step, 0)

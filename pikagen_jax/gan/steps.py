@@ -4,6 +4,10 @@
         the real and the fake batch once each, and MA-GP differentiates the real batch's pass
     G:  −D(G(z, s), s); the partially fine-tuned text encoder is trained through this loss (lr 2e-5)
 
+With `model.discriminator='projected'` D is a Projected GAN discriminator (`models/projected_discriminator.py`):
+the same hinge terms over its patch logits, no MA-GP. `train.diffaugment` (e.g. 'color,translation,cutout')
+augments every image D sees — real, fake, in the D and in the G update — with per-sample parameters.
+
 Randomness comes from `fold_in(key(seed), step)`, so a resumed run draws the same noise. A step whose
 losses or gradients are not finite leaves every parameter and optimizer state unchanged (`skipped`=1).
 """
@@ -19,8 +23,10 @@ import optax
 from flax import nnx
 
 from pikagen_jax.gan.state import GanState
+from pikagen_jax.losses.diffaugment import diffaugment
 from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp_with_logits, mismatched_sentences
 from pikagen_jax.models.gan import Discriminator
+from pikagen_jax.models.projected_discriminator import ProjectedDiscriminator
 from pikagen_jax.models.spectral_norm import frozen_spectral_norm
 from pikagen_jax.training.ema import ema_update, warmup_decay
 from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_state
@@ -58,11 +64,30 @@ def discriminator_loss(disc: Discriminator, images: jax.Array, fake: jax.Array, 
     return hinge + gp, {**parts, **gp_parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
 
 
+def projected_discriminator_loss(disc: ProjectedDiscriminator, images: jax.Array, fake: jax.Array,
+                                 sentence: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """L_D = hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) over a projected D's patch logits.
+
+    The real and the fake batch each pass the frozen feature network and the heads once (batch statistics
+    per pass, as in Projected GANs); the real features serve the matching and the mismatched text."""
+    with frozen_spectral_norm(disc, update_stats=True):
+        real_features = disc.features(images)
+        fake_features = disc.features(fake.astype(images.dtype))
+        real = disc.logits(real_features, sentence)
+        fake_logits = disc.logits(fake_features, sentence)
+        mismatch = disc.logits(real_features, mismatched_sentences(sentence))
+    loss, parts = d_hinge_loss(real, fake_logits, mismatch)
+    return loss, {**parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
+
+
 def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
              config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
     """Updates `state` in place for one batch; returns scalar metrics."""
     key = jax.random.fold_in(jax.random.key(config.seed), step)
     key_d, key_g = jax.random.split(key)
+    key_aug_real, key_aug_fake, key_aug_g = jax.random.split(jax.random.fold_in(key, 1), 3)
+    policy = config.train.get("diffaugment", "")
+    projected = isinstance(state.discriminator, ProjectedDiscriminator)
     images, ids, mask = batch["image"], batch["token_ids"], batch["attention_mask"]
     batch_size, z_dim = images.shape[0], config.model.z_dim
     old = snapshot_state(state)
@@ -79,8 +104,12 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     z = jax.random.normal(key_d, (batch_size, z_dim), jnp.float32)
     fake = jax.lax.stop_gradient(state.generator(z, sentence, tokens, mask))
 
+    real_in, fake_in = diffaugment(images, key_aug_real, policy), diffaugment(fake, key_aug_fake, policy)
+
     def d_loss_fn(disc):
-        return discriminator_loss(disc, images, fake, sentence, magp_weight=config.loss.magp_weight,
+        if projected:
+            return projected_discriminator_loss(disc, real_in, fake_in, sentence)
+        return discriminator_loss(disc, real_in, fake_in, sentence, magp_weight=config.loss.magp_weight,
                                   magp_power=config.loss.magp_power)
 
     (d_loss, d_parts), d_grads = nnx.value_and_grad(d_loss_fn, has_aux=True)(state.discriminator)
@@ -92,7 +121,7 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
 
     def g_loss_fn(gen, text):
         tokens, sentence = encode(text)
-        fake = gen(z, sentence, tokens, mask)
+        fake = diffaugment(gen(z, sentence, tokens, mask), key_aug_g, policy)
         disc = nnx.merge(d_graph, d_vars)
         return g_hinge_loss(disc(fake, sentence, update_stats=False))
 

@@ -10,15 +10,33 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from pikagen_jax.errors import ConfigError
 from pikagen_jax.gan.evaluation import make_eval_fn, with_eval_checkpointing
 from pikagen_jax.gan.sampling import make_sampler
 from pikagen_jax.gan.state import GanState
 from pikagen_jax.gan.steps import make_train_step
+from pikagen_jax.losses.diffaugment import parse_policy
 from pikagen_jax.models.params import count_params
 from pikagen_jax.training.logging import write_image_grid
 from pikagen_jax.training.loop import TrainResult, run_training
 from pikagen_jax.training.mesh import make_mesh
 from pikagen_jax.training.samples import fixed_prompts, noise
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """The GAN's own checks, before anything is built: discriminator kind, DiffAugment policy."""
+    from pikagen_jax.gan.state import DISCRIMINATORS
+
+    kind = config.model.get("discriminator", "dfgan")
+    if kind not in DISCRIMINATORS:
+        raise ConfigError(f"model.discriminator={kind!r} must be one of {DISCRIMINATORS}")
+    try:
+        parse_policy(config.train.get("diffaugment", ""))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if kind == "projected" and (config.model.projected.input_size % 32 or config.model.projected.input_size < 32):
+        raise ConfigError(f"model.projected.input_size={config.model.projected.input_size} must be a positive "
+                          "multiple of 32 (EfficientNet's stride), e.g. 128")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
@@ -27,6 +45,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     With `eval.every_steps > 0`, evaluates `eval.metric` on the val split and keeps the best checkpoint by it.
     """
     workdir = Path(workdir)
+    validate_config(config)
     evaluating = int(config.eval.every_steps) > 0
     if evaluating:
         config = with_eval_checkpointing(config)

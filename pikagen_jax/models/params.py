@@ -1,9 +1,15 @@
-"""Parameter counting for NNX modules (concrete or abstract, e.g. from `nnx.eval_shape`)."""
+"""Parameter counting for NNX modules (concrete or abstract, e.g. from `nnx.eval_shape`), and the variable
+type of frozen pretrained weights."""
 
 from __future__ import annotations
 
 import jax
 from flax import nnx
+
+
+class Pretrained(nnx.Variable):
+    """A frozen weight loaded from a pretrained package when the model is built: not an `nnx.Param`, so it
+    gets no optimizer state and no parameter gradient, and checkpoints leave it out (it is loaded again)."""
 
 
 def count_params(module: nnx.Module, filter_=nnx.Param) -> int:

@@ -1,7 +1,8 @@
-"""Evaluate a trained run: FID, KID, IS (and CLIP score) of generated sprites against real ones.
+"""Evaluate a trained run: FID, KID, IS, R-precision, colour agreement (and CLIP score) of generated sprites.
 
     python -m pikagen_jax.evaluate --workdir=workdirs/gan                       # test_intra + test, latest
     python -m pikagen_jax.evaluate --workdir=workdirs/gan --best --samples_per_caption=4
+    python -m pikagen_jax.evaluate --workdir=workdirs/gan --alignment_workdir=workdirs/alignment  # + R-precision
     python -m pikagen_jax.evaluate --workdir=workdirs/diffusion --sampling_steps=50 --guidance_scale=3
     python -m pikagen_jax.evaluate --real_vs_real=test,train --dataset=kaggle --image_size=64   # the floor
 
@@ -16,6 +17,10 @@ KID is the mean ± std of the unbiased polynomial-kernel MMD² over `--kid_subse
 with the classifier head (`--inception=pt_inception-2015-12-05-6726825d.pth` from pytorch-fid); the default
 fid-helper weights have none, so IS is reported as unavailable, never estimated. The CLIP score needs
 `--clip_checkpoint` (a Hugging Face CLIP model directory or hub name); without it, it is "n/a".
+Whether the sprites follow their text, for the text-conditioned systems: colour agreement always (the share of
+prompts naming a colour whose sprite has it as dominant colour; the real sprites' share beside it), and, with
+`--alignment_workdir` (an encoder trained by `configs/alignment.py`), R-precision top-1 / top-5 among 100
+captions, beside the real sprites' own (the ceiling) and a shuffled-caption control (the floor).
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import ml_collections
 import numpy as np
 
+from pikagen_jax.errors import (
+    EXIT_USER_ERROR,
+    NoCheckpointError,
+    UsageError,
+    UserError,
+    debug_enabled,
+    format_user_error,
+)
 from pikagen_jax.metrics.split_eval import (
     MetricSettings,
     SplitData,
@@ -97,7 +110,7 @@ def run_config(workdir: str | Path, step: int | None = None) -> ml_collections.C
 
     dirs = checkpoint_dirs(workdir)
     if not dirs:
-        raise FileNotFoundError(f"no checkpoints in {workdir}: train first, e.g. "
+        raise NoCheckpointError(f"no checkpoints in {workdir}: train first, e.g. "
                                 f"`{SYSTEM_TRAIN_COMMANDS.format(workdir=workdir)}`")
     return ml_collections.ConfigDict(Checkpointer(dirs[-1], read_only=True).restore_config(step=step))
 
@@ -124,15 +137,18 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
                  step: int | None = None, best: bool = False, settings: MetricSettings = MetricSettings(),
                  inception_source: str = "fid_helper", clip_checkpoint: str | None = None, seed: int = 0,
                  cache_dir: str | Path | None = None, write: bool = True,
-                 sampler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                 sampler_options: dict[str, Any] | None = None, alignment_workdir: str | Path | None = None
+                 ) -> dict[str, Any]:
     """Generates `samples_per_caption` images per caption of each split with the run's checkpoint and
     returns the report {run info..., "results": {split: metrics}}; with `write`, also writes
     `eval_<step>.json` / `.md` to `workdir` and logs the scalars to its TensorBoard. Works for every
     system (`pikagen_jax.run_sampler`); for the unconditional DCGAN the captions only set the image count
-    and no CLIP score is computed."""
+    and no CLIP score, R-precision or colour agreement is computed. With `alignment_workdir` (a trained
+    `configs/alignment.py` run) the text-conditioned systems also get R-precision; without a trained encoder
+    there, one line says how to train it and the other metrics are still computed."""
     workdir = Path(workdir)
     if samples_per_caption < 1:
-        raise ValueError(f"--samples_per_caption must be >= 1, got {samples_per_caption}")
+        raise UsageError(f"--samples_per_caption must be >= 1, got {samples_per_caption}")
     sampler, generate = generator_for_run(workdir, step=step, best=best, batch_size=settings.batch_size,
                                           sampler_options=sampler_options)
     config, resolved_step = sampler.config, sampler.step
@@ -146,6 +162,7 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
     if clip is not None and not sampler.conditional:
         print("note: the run is unconditional: no CLIP score", file=sys.stderr)
         clip = None
+    scorer = _alignment_scorer(alignment_workdir, settings.batch_size) if sampler.conditional else None
     report = {"workdir": str(workdir), "system": config.system, "step": resolved_step, "sampler": sampler.description,
               "checkpoint": "best" if best else ("step" if step is not None else "latest"),
               "dataset": config.data.dataset, "image_size": config.data.image_size,
@@ -162,6 +179,13 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
                                       settings=settings, captions=captions, clip=clip)
         except ValueError as error:
             raise ValueError(f"split {split!r}, generated images: {error}") from error
+        if sampler.conditional:
+            from pikagen_jax.metrics.alignment import alignment_report
+
+            distractors = [c for other in _caption_pool_splits(config, split) for c in load_split(config, other).captions]
+            results["alignment"] = alignment_report(scorer, images, data.images, data.captions,
+                                                    samples_per_caption=samples_per_caption,
+                                                    distractor_captions=distractors, seed=seed)
         report["results"][split] = results
         for note in results["notes"]:
             print(f"note ({split}): {note}", file=sys.stderr)
@@ -169,6 +193,28 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
         write_report(workdir, f"eval_{resolved_step}", report)
         log_scalars(workdir, resolved_step, report, prefix="eval")
     return report
+
+
+def _alignment_scorer(workdir: str | Path | None, batch_size: int):
+    """The trained alignment encoder in `workdir`, or None (with one line saying how to train one)."""
+    if not workdir:
+        return None
+    from pikagen_jax.training.alignment_scorer import AlignmentEncoderMissing, load_alignment_scorer
+
+    try:
+        return load_alignment_scorer(workdir, batch_size=batch_size)
+    except AlignmentEncoderMissing as missing:
+        print(f"note: no R-precision: {missing}", file=sys.stderr)
+        return None
+
+
+def _caption_pool_splits(config: ml_collections.ConfigDict, split: str) -> list[str]:
+    """Splits whose captions fill R-precision's candidate list for `split` (unseen species: val and test)."""
+    if split not in ("val", "test"):
+        return []
+    from pikagen_jax.metrics.split_eval import dataset_splits
+
+    return [other for other in ("val", "test") if other != split and other in dataset_splits(config)]
 
 
 def real_vs_real(config: ml_collections.ConfigDict, split_a: str, split_b: str, *,
@@ -230,9 +276,32 @@ def markdown_report(report: dict[str, Any]) -> str:
         if any(results[c].get(key) is not None for c in columns):
             cells = [_format(results[c].get(key), digits) for c in columns]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += _alignment_rows([results[c].get("alignment") or {} for c in columns])
     notes = [f"{c}: {note}" for c in columns for note in results[c]["notes"]]
     notes.append("FID is biased upwards for fewer than a few thousand images; compare runs at equal sizes.")
     return "\n".join(lines + [""] + [f"- {note}" for note in notes] + [""])
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _alignment_rows(alignments: list[dict]) -> list[str]:
+    """R-precision (with the real sprites' ceiling and the shuffled-caption floor) and colour agreement."""
+    lines = []
+    for k in (1, 5):
+        key = f"r_precision_top{k}"
+        if any(key in a for a in alignments):
+            cells = [f"{_percent(a.get(key))} (real {_percent(a.get(key + '_real'))}, shuffled "
+                     f"{_percent(a.get(key + '_shuffled'))}; chance {_percent(a.get('chance_top1') and k * a['chance_top1'])})"
+                     if key in a else "n/a" for a in alignments]
+            lines.append(f"| R-precision top-{k} ↑ | " + " | ".join(cells) + " |")
+    if any("colour_agreement" in a for a in alignments):
+        cells = [f"{_percent(a.get('colour_agreement'))} (real {_percent(a.get('colour_agreement_real'))}; "
+                 f"{a.get('colour_prompts', 0)} prompts name a colour)" if "colour_prompts" in a else "n/a"
+                 for a in alignments]
+        lines.append("| colour agreement ↑ | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_report(directory: str | Path, name: str, report: dict[str, Any]) -> tuple[Path, Path]:
@@ -257,6 +326,9 @@ def report_scalars(report: dict[str, Any], prefix: str) -> dict[str, float]:
         for key in ("clip_score", "clip_cosine"):
             if isinstance(results.get(key), float):
                 scalars[f"{name}/{key}"] = results[key]
+        for key, value in (results.get("alignment") or {}).items():
+            if isinstance(value, float) and not key.startswith("chance"):
+                scalars[f"{name}/{key}"] = value
     return scalars
 
 
@@ -288,6 +360,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inception", default="fid_helper",
                    help="Inception weights: 'fid_helper', pytorch-fid's .pth (has the IS head) or a .safetensors")
     p.add_argument("--clip_checkpoint", help="Hugging Face CLIP model (directory or hub name) for the CLIP score")
+    p.add_argument("--alignment_workdir",
+                   help="a trained alignment encoder (python launch.py --config=configs/alignment.py) for R-precision")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), help="diffusion runs: DDIM (fast) or DDPM (all steps)")
     p.add_argument("--sampling_steps", type=int, help="diffusion runs: DDIM steps (default: the run's config)")
     p.add_argument("--guidance_scale", type=float, help="diffusion runs: classifier-free guidance scale")
@@ -303,7 +377,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _real_vs_real_main(args: argparse.Namespace, settings: MetricSettings) -> dict[str, Any]:
     pair = [s.strip() for s in args.real_vs_real.split(",") if s.strip()]
     if len(pair) != 2 or pair[0] == pair[1]:
-        raise ValueError(f"--real_vs_real needs two different splits, e.g. test,train; got {args.real_vs_real!r}")
+        raise UsageError(f"--real_vs_real needs two different splits, e.g. test,train; got {args.real_vs_real!r}")
     if args.workdir:
         config = run_config(args.workdir)
     else:
@@ -338,16 +412,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.real_vs_real:
             report = _real_vs_real_main(args, settings)
         elif not args.workdir:
-            raise ValueError("pass --workdir=<training work directory> (or --real_vs_real=A,B)")
+            raise UsageError("pass --workdir=<training work directory> (or --real_vs_real=A,B)")
         else:
             splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
             report = evaluate_run(args.workdir, splits=splits, samples_per_caption=args.samples_per_caption,
                                   step=args.step, best=args.best, settings=settings,
                                   inception_source=args.inception, clip_checkpoint=args.clip_checkpoint,
-                                  seed=args.seed, cache_dir=args.cache_dir, sampler_options=sampler_options(args))
-    except (FileNotFoundError, ValueError, KeyError, NotImplementedError, ClassifierHeadUnavailableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+                                  seed=args.seed, cache_dir=args.cache_dir, sampler_options=sampler_options(args),
+                                  alignment_workdir=args.alignment_workdir)
+    except (UserError, ClassifierHeadUnavailableError) as error:
+        if debug_enabled():
+            raise
+        print(format_user_error(error), file=sys.stderr)
+        return EXIT_USER_ERROR
     print(markdown_report(report))
     return 0
 

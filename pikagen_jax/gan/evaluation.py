@@ -3,6 +3,8 @@
 With `config.eval.every_steps > 0`, `gan.train` computes `config.eval.metric` ('fid' or 'kid') of
 `config.eval.num_samples` EMA samples for the validation captions against the real validation images,
 logs it as `val_fid` / `val_kid` and keeps the best checkpoint by it (lower is better) in `workdir/best`.
+With `config.eval.alignment_workdir` (a trained `configs/alignment.py` run) it also logs the samples'
+R-precision top-1 against the validation captions (`val_r_precision_top1`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from pikagen_jax.gan.sampling import make_sampler
 from pikagen_jax.training.samples import noise
 
 EVAL_METRICS = ("fid", "kid")
@@ -78,14 +79,27 @@ def make_eval_fn(config: ml_collections.ConfigDict, text_encoder: nnx.Module, em
 
     Generates `config.eval.num_samples` images with the current EMA weights, cycling over the validation
     captions with noise fixed across evaluations, and compares them with the real validation images
-    (statistics cached). The Inception network and the real data load on the first call.
+    (statistics cached). The Inception network and the real data load on the first call. With several
+    processes each generates and featurises its share of the images on its own devices, and the features are
+    gathered, so every process gets the same metric from all of them.
     """
     from pikagen_jax.metrics import split_eval
     from pikagen_jax.metrics.fid import extract_features
+    from pikagen_jax.training.distributed import gather_rows, local_copy, process_share
 
     name = eval_metric_name(config)
     num_samples = int(config.eval.num_samples)
-    sample = make_sampler(text_encoder, ema_generator)
+    graphdef, _ = nnx.split((text_encoder, ema_generator))
+
+    @jax.jit
+    def _sample(variables, ids, mask, z):
+        text, gen = nnx.merge(graphdef, variables)
+        tokens, sentence = text(ids, mask)
+        return gen(z, sentence, tokens, mask)
+
+    def sample_share(ids, mask, z):  # this process's share, on its own devices
+        return _sample(local_copy(nnx.state((text_encoder, ema_generator))), ids, mask, z)
+
     batch_size = min(batch_size, num_samples)
     cache: dict = {}
 
@@ -100,15 +114,31 @@ def make_eval_fn(config: ml_collections.ConfigDict, text_encoder: nnx.Module, em
             if num_samples < len(data.captions):
                 logging.warning("eval.num_samples=%d < %d validation captions: only the first %d are used",
                                 num_samples, len(data.captions), num_samples)
+            alignment_workdir = config.eval.get("alignment_workdir", "")
+            if alignment_workdir:  # fails here, at the first evaluation, if the encoder is missing
+                from pikagen_jax.training.alignment_scorer import load_alignment_scorer
+
+                cache["scorer"] = load_alignment_scorer(alignment_workdir, batch_size=batch_size)
+                cache["caption_emb"] = cache["scorer"].embed_captions(data.captions)
+        from pikagen_jax.training.sampler import generate_in_batches
+
         ids, mask = cache["tokens"]
         index = np.arange(num_samples) % len(ids)
-        images = generate_for_tokens(sample, ids[index], mask[index], config.model.z_dim, seed=config.seed,
-                                     batch_size=batch_size)
-        features = extract_features(cache["inception"], images, batch_size)
+        share = process_share(num_samples)
+        z = np.asarray(noise(config.seed, num_samples, config.model.z_dim))[share]
+        images = generate_in_batches(lambda _, i, m, codes: jax.device_get(sample_share(i, m, codes)),
+                                     (ids[index][share], mask[index][share], z), batch_size)
+        features = gather_rows(extract_features(cache["inception"], images, batch_size), num_samples)
         settings = split_eval.MetricSettings(kid_subset_size=min(1000, num_samples), batch_size=batch_size)
         results = split_eval.compare_features(features, cache["reference"], settings)
-        if config.eval.metric == "fid":
-            return {name: results["fid"]}
-        return {name: results["kid"]["mean"], f"{name}_std": results["kid"]["std"]}
+        out = ({name: results["fid"]} if config.eval.metric == "fid"
+               else {name: results["kid"]["mean"], f"{name}_std": results["kid"]["std"]})
+        if cache.get("scorer") is not None:
+            from pikagen_jax.metrics.alignment import r_precision
+
+            image_emb = gather_rows(cache["scorer"].embed_images(images), num_samples)
+            out[f"{EVAL_SPLIT}_r_precision_top1"] = r_precision(image_emb, cache["caption_emb"], caption_index=index,
+                                                                seed=config.seed)["r_precision_top1"]
+        return out
 
     return eval_fn

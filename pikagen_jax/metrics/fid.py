@@ -25,8 +25,8 @@ import scipy.linalg
 import scipy.special
 from flax import nnx
 
-from pikagen_jax.metrics.inception import InceptionV3
 from pikagen_jax.cache_dir import default_cache_dir
+from pikagen_jax.metrics.inception import InceptionV3
 
 
 def _as_features(features: np.ndarray | jax.Array, name: str) -> np.ndarray:
@@ -202,8 +202,12 @@ def extract_features(model: InceptionV3, images: np.ndarray | jax.Array | Iterab
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if with_logits and not model.has_classifier_head:
         model.require_classifier_head()
+    from tqdm import tqdm
+
     outputs: list[list[np.ndarray]] = []
-    for batch in _image_batches(images, batch_size):
+    batches = _image_batches(images, batch_size)
+    total = -(-len(images) // batch_size) if isinstance(images, (np.ndarray, jax.Array)) else None
+    for batch in tqdm(batches, total=total, desc="Inception features", unit="batch", disable=None, leave=False):
         n = len(batch)
         if n < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 import numpy as np
 
+from pikagen_jax.errors import UsageError
+
 if TYPE_CHECKING:
     from pikagen_jax.metrics.fid import ReferenceStats
     from pikagen_jax.metrics.inception import InceptionV3
@@ -37,10 +39,10 @@ class MetricSettings:
 
     def __post_init__(self):
         if self.kid_subsets < 1 or self.kid_subset_size < 2:
-            raise ValueError(f"KID needs kid_subsets >= 1 and kid_subset_size >= 2, got {self.kid_subsets} "
+            raise UsageError(f"KID needs kid_subsets >= 1 and kid_subset_size >= 2, got {self.kid_subsets} "
                              f"and {self.kid_subset_size}")
         if self.batch_size < 1 or self.is_splits < 1:
-            raise ValueError(f"batch_size and is_splits must be >= 1, got {self.batch_size}, {self.is_splits}")
+            raise UsageError(f"batch_size and is_splits must be >= 1, got {self.batch_size}, {self.is_splits}")
 
 
 @dataclasses.dataclass
@@ -61,7 +63,7 @@ def load_split(config: ml_collections.ConfigDict, split: str, batch_size: int = 
 
     batches = list(make_eval_loader(config, split, batch_size=batch_size))
     if not batches:
-        raise ValueError(f"split {split!r} of dataset {config.data.dataset!r} has no records")
+        raise UsageError(f"split {split!r} of dataset {config.data.dataset!r} has no records")
     join = lambda key: np.concatenate([np.asarray(b[key]) for b in batches])  # noqa: E731
     return SplitData(join("image").astype(np.float32), join("token_ids"), join("attention_mask"),
                      [str(c) for c in join("caption")])
@@ -82,7 +84,7 @@ def default_eval_splits(config: ml_collections.ConfigDict) -> list[str]:
     available = dataset_splits(config)
     splits = [s for s in DEFAULT_SPLITS if s in available]
     if not splits:
-        raise ValueError(f"dataset {config.data.dataset!r} has no test split (it has {available}); pass "
+        raise UsageError(f"dataset {config.data.dataset!r} has no test split (it has {available}); pass "
                          f"--splits=<names>")
     return splits
 
@@ -93,7 +95,7 @@ def split_fingerprint(config: ml_collections.ConfigDict, split: str) -> str:
 
     shards = sorted(dataset_dir(config.data.data_dir, config.data.dataset).glob(f"{DATASET_NAME}-{split}.*"))
     if not shards:
-        raise ValueError(f"split {split!r} is not in dataset {config.data.dataset!r} (it has "
+        raise UsageError(f"split {split!r} is not in dataset {config.data.dataset!r} (it has "
                          f"{dataset_splits(config)})")
     digest = hashlib.sha1()
     for shard in shards:

@@ -1,0 +1,151 @@
+"""Does the sprite follow the text? R-precision with a trained sprite-caption encoder, and colour agreement.
+
+R-precision (AttnGAN's, with DAMSM-style embeddings): for each image, its own caption is ranked among
+`candidates` captions (itself + randomly drawn others) by cosine similarity; top-k accuracy over the images.
+Chance is 1 / candidates (1 % among 100). `r_precision` takes unit-length embeddings and, for several samples
+per caption, the caption index of each image.
+
+Colour agreement needs no learned model: for the prompts that name a colour ("a blue turtle", "its red
+cheeks"), the share of sprites whose dominant non-background colour is one of the named ones. A pixel is
+background when it is near-white (the sprites' background); the remaining pixels are named by hue, saturation
+and value (`colour_name`), and the most frequent name is the sprite's colour.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+# colour word (and synonyms) -> colour name; names are what `colour_name` returns
+COLOUR_WORDS = {
+    "red": "red", "crimson": "red", "scarlet": "red",
+    "orange": "orange",
+    "yellow": "yellow", "golden": "yellow", "gold": "yellow",
+    "green": "green", "emerald": "green",
+    "blue": "blue", "navy": "blue", "cyan": "blue", "turquoise": "blue", "aqua": "blue",
+    "purple": "purple", "violet": "purple", "lavender": "purple",
+    "pink": "pink", "magenta": "pink",
+    "brown": "brown",
+    "black": "black",
+    "white": "white",
+    "gray": "gray", "grey": "gray", "silver": "gray",
+}
+COLOURS = tuple(sorted(set(COLOUR_WORDS.values())))
+BACKGROUND_MIN = 0.92  # a pixel whose channels are all >= this (in [0, 1]) is white background
+MIN_FOREGROUND = 0.01  # a sprite with fewer foreground pixels than this share is white
+
+
+def named_colours(caption: str) -> set[str]:
+    """The colours a caption names, by whole words ('Bluish' and 'redden' do not count)."""
+    words = re.findall(r"[a-z]+", caption.lower())
+    return {COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS}
+
+
+def colour_name(rgb: np.ndarray) -> np.ndarray:
+    """Names of pixels rgb [..., 3] in [0, 1]: black / white / gray by value and saturation, else by hue
+    (red, orange, yellow, green, blue, purple, pink), dark orange-red hues being brown."""
+    rgb = np.clip(np.asarray(rgb, np.float64), 0.0, 1.0)
+    value = rgb.max(axis=-1)
+    chroma = value - rgb.min(axis=-1)
+    saturation = np.where(value > 0, chroma / np.maximum(value, 1e-12), 0.0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    safe = np.maximum(chroma, 1e-12)
+    hue = np.where(value == r, ((g - b) / safe) % 6, np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = hue * 60.0
+    names = np.select(
+        [hue < 15, hue < 40, hue < 70, hue < 165, hue < 255, hue < 290, hue < 345],
+        ["red", "orange", "yellow", "green", "blue", "purple", "pink"], default="red").astype(object)
+    names = np.where((hue < 40) & (value < 0.6) & (saturation > 0.25), "brown", names)
+    names = np.where(saturation < 0.2, np.where(value > 0.85, "white", np.where(value < 0.25, "black", "gray")), names)
+    return np.where((value < 0.2), "black", names).astype(object)
+
+
+def dominant_colour(image: np.ndarray) -> str:
+    """The most frequent colour name among a sprite's non-background pixels (image [H, W, 3] in [-1, 1])."""
+    rgb = (np.asarray(image, np.float64) + 1.0) / 2.0
+    foreground = ~np.all(rgb >= BACKGROUND_MIN, axis=-1)
+    if foreground.mean() < MIN_FOREGROUND:
+        return "white"
+    names, counts = np.unique(colour_name(rgb[foreground]).astype(str), return_counts=True)
+    return str(names[np.argmax(counts)])
+
+
+def colour_agreement(images: np.ndarray, captions: Sequence[str]) -> dict[str, float | int | None]:
+    """Share of the images whose caption names a colour and whose dominant colour is a named one.
+
+    Returns {'colour_agreement': share or None (no caption names a colour), 'colour_prompts': how many}."""
+    if len(images) != len(captions):
+        raise ValueError(f"got {len(images)} images but {len(captions)} captions")
+    hits, total = 0, 0
+    for image, caption in zip(images, captions):
+        wanted = named_colours(caption)
+        if wanted:
+            total += 1
+            hits += dominant_colour(image) in wanted
+    return {"colour_agreement": hits / total if total else None, "colour_prompts": total}
+
+
+def r_precision(image_emb: np.ndarray, text_emb: np.ndarray, *, caption_index: np.ndarray | None = None,
+                distractor_emb: np.ndarray | None = None, candidates: int = 100, ks: Sequence[int] = (1, 5),
+                seed: int = 0) -> dict[str, float]:
+    """R-precision of images against their captions (unit-length embeddings).
+
+    `image_emb` [M, E], `text_emb` [N, E]; image m belongs to caption `caption_index[m]` (default m, M = N).
+    Each image's caption competes with `candidates - 1` others drawn without replacement from the other
+    captions and `distractor_emb` (e.g. another split's captions); with fewer available, all are used.
+    Returns {'r_precision_top<k>': accuracy, 'candidates': the number ranked, 'chance_top1': 1 / it}.
+    """
+    image_emb, text_emb = np.asarray(image_emb, np.float64), np.asarray(text_emb, np.float64)
+    index = np.arange(len(image_emb)) if caption_index is None else np.asarray(caption_index)
+    if len(index) != len(image_emb) or index.max() >= len(text_emb):
+        raise ValueError(f"caption_index must give each of the {len(image_emb)} images one of the {len(text_emb)} "
+                         "captions")
+    pool = text_emb if distractor_emb is None else np.concatenate([text_emb, np.asarray(distractor_emb, np.float64)])
+    count = min(candidates, len(pool))
+    if count < 2:
+        raise ValueError("R-precision needs at least 2 candidate captions")
+    rng = np.random.default_rng(seed)
+    similarity = image_emb @ pool.T  # [M, pool]
+    ranks = np.empty(len(image_emb), np.int64)
+    for m, own in enumerate(index):
+        others = np.delete(np.arange(len(pool)), own)
+        drawn = rng.choice(others, count - 1, replace=False)
+        ranks[m] = int(np.sum(similarity[m, drawn] > similarity[m, own]))
+    out = {f"r_precision_top{k}": float(np.mean(ranks < k)) for k in ks}
+    out.update(candidates=count, chance_top1=1.0 / count)
+    return out
+
+
+def alignment_report(scorer, generated: np.ndarray, real: np.ndarray, captions: Sequence[str], *,
+                     samples_per_caption: int = 1, distractor_captions: Sequence[str] = (), candidates: int = 100,
+                     seed: int = 0) -> dict[str, float | int | None]:
+    """R-precision (top-1, top-5) of generated sprites with the real sprites' own as the ceiling and a
+    shuffled-caption control as the floor, and colour agreement of both; `scorer` embeds images and captions
+    (`pikagen_jax.training.alignment_scorer.AlignmentScorer`; None: colour agreement only).
+
+    `generated` holds `samples_per_caption` images per caption, caption-major; `real` one per caption. The floor
+    scores each generated image against the caption after its own (so: an image made from another species'
+    caption) — what an image that ignores its text would get.
+    """
+    captions = list(captions)
+    repeated = [c for c in captions for _ in range(samples_per_caption)]
+    out: dict[str, float | int | None] = {}
+    generated_colour, real_colour = colour_agreement(generated, repeated), colour_agreement(real, captions)
+    out.update(colour_agreement=generated_colour["colour_agreement"], colour_prompts=real_colour["colour_prompts"],
+               colour_agreement_real=real_colour["colour_agreement"])
+    if scorer is None:
+        return out
+    text_emb = scorer.embed_captions(captions)
+    distractors = scorer.embed_captions(list(distractor_captions)) if len(distractor_captions) else None
+    index = np.repeat(np.arange(len(captions)), samples_per_caption)
+    kw = dict(distractor_emb=distractors, candidates=candidates, seed=seed)
+    generated_emb = scorer.embed_images(generated)
+    ours = r_precision(generated_emb, text_emb, caption_index=index, **kw)
+    ceiling = r_precision(scorer.embed_images(real), text_emb, **kw)
+    floor = r_precision(generated_emb, text_emb, caption_index=(index + 1) % len(captions), **kw)
+    out.update({key: ours[key] for key in ("r_precision_top1", "r_precision_top5", "candidates", "chance_top1")})
+    out.update(r_precision_top1_real=ceiling["r_precision_top1"], r_precision_top5_real=ceiling["r_precision_top5"],
+               r_precision_top1_shuffled=floor["r_precision_top1"], r_precision_top5_shuffled=floor["r_precision_top5"])
+    return out

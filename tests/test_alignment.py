@@ -1,0 +1,152 @@
+"""Text-image alignment: the InfoNCE loss, R-precision and colour agreement on constructed cases, the alignment
+encoder's training split, a smoke run of configs/alignment.py and R-precision in `evaluate`."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pikagen_jax.config_utils import load_config
+from pikagen_jax.losses.alignment import info_nce_loss
+from pikagen_jax.metrics.alignment import (alignment_report, colour_agreement, colour_name, dominant_colour,
+                                           named_colours, r_precision)
+from tests.launch_helpers import kaggle_overrides, launch
+from tests.tolerances import assert_within, path_tolerance
+
+
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_info_nce_equals_a_direct_numpy_computation():
+    rng = np.random.default_rng(0)
+    image, text = _unit(rng.normal(size=(5, 7))), _unit(rng.normal(size=(5, 7)))
+    loss, parts = info_nce_loss(jnp.asarray(image, jnp.float32), jnp.asarray(text, jnp.float32), np.log(10.0))
+    logits = 10.0 * image @ text.T
+    row = -np.mean([logits[i, i] - np.log(np.exp(logits[i]).sum()) for i in range(5)])
+    col = -np.mean([logits[i, i] - np.log(np.exp(logits[:, i]).sum()) for i in range(5)])
+    # float32: 7-term dot products scaled by 10, a 5-term log-sum-exp per row, means of 5
+    assert_within(float(loss), (row + col) / 2, path_tolerance([7, 5, 5, 5], 10.0), "InfoNCE")
+    assert float(parts["batch_top1"]) == np.mean(np.argmax(logits, axis=1) == np.arange(5))
+    perfect, _ = info_nce_loss(jnp.eye(4), jnp.eye(4), np.log(100.0))
+    assert float(perfect) < 1e-6  # matching pairs far apart from the others: no loss
+    with pytest.raises(ValueError, match="one shape"):
+        info_nce_loss(jnp.ones((3, 4)), jnp.ones((3, 5)), 0.0)
+
+
+def test_r_precision_is_exact_on_constructed_cases():
+    rng = np.random.default_rng(1)
+    text = _unit(rng.normal(size=(150, 32)))
+    same = r_precision(text, text, candidates=100)
+    assert same == {"r_precision_top1": 1.0, "r_precision_top5": 1.0, "candidates": 100, "chance_top1": 0.01}
+    # random images: near chance (1 % top-1, 5 % top-5 among 100) with a fixed seed
+    random = r_precision(_unit(rng.normal(size=(2000, 32))), text, caption_index=np.arange(2000) % 150, seed=3)
+    assert 0.002 <= random["r_precision_top1"] <= 0.025 and 0.03 <= random["r_precision_top5"] <= 0.08
+    # several samples per caption, the shuffled pairing, few captions (all used), distractors
+    index = np.repeat(np.arange(10), 3)
+    images = text[:10][index]
+    assert r_precision(images, text[:10], caption_index=index)["r_precision_top1"] == 1.0
+    assert r_precision(images, text[:10], caption_index=(index + 1) % 10)["r_precision_top1"] == 0.0
+    assert r_precision(images, text[:10], caption_index=index)["candidates"] == 10
+    with_distractors = r_precision(images, text[:10], caption_index=index, distractor_emb=text[10:])
+    assert with_distractors["candidates"] == 100 and with_distractors["r_precision_top1"] == 1.0
+    with pytest.raises(ValueError, match="caption_index"):
+        r_precision(images, text[:5], caption_index=index)
+
+
+def _sprite(rgb, size=16, fill=0.5) -> np.ndarray:
+    """A white sprite with a centred square of one colour covering `fill` of the side, in [-1, 1]."""
+    image = np.ones((size, size, 3))
+    side = int(size * fill)
+    start = (size - side) // 2
+    image[start:start + side, start:start + side] = rgb
+    return image * 2.0 - 1.0
+
+
+COLOURS_RGB = {"red": (0.85, 0.1, 0.1), "orange": (0.95, 0.55, 0.1), "yellow": (0.95, 0.85, 0.1),
+               "green": (0.2, 0.7, 0.2), "blue": (0.15, 0.3, 0.9), "purple": (0.55, 0.2, 0.75),
+               "pink": (0.95, 0.45, 0.75), "brown": (0.45, 0.25, 0.1), "black": (0.05, 0.05, 0.05),
+               "gray": (0.5, 0.5, 0.5)}
+
+
+def test_colour_agreement_is_exact_on_synthetic_single_colour_sprites():
+    for name, rgb in COLOURS_RGB.items():
+        assert colour_name(np.asarray(rgb)) == name, name
+        assert dominant_colour(_sprite(rgb)) == name
+    assert dominant_colour(np.ones((16, 16, 3))) == "white"  # nothing but background
+    sprites = np.stack([_sprite(rgb) for rgb in COLOURS_RGB.values()])
+    right = [f"A {name} creature." for name in COLOURS_RGB]
+    assert colour_agreement(sprites, right) == {"colour_agreement": 1.0, "colour_prompts": len(COLOURS_RGB)}
+    wrong = [f"A {name} creature." for name in list(COLOURS_RGB)[1:] + list(COLOURS_RGB)[:1]]
+    assert colour_agreement(sprites, wrong)["colour_agreement"] == 0.0
+    half = right[:5] + ["A creature with no colour word."] * 5
+    assert colour_agreement(sprites, half) == {"colour_agreement": 1.0, "colour_prompts": 5}
+    assert colour_agreement(sprites[:1], ["no colour"]) == {"colour_agreement": None, "colour_prompts": 0}
+    assert named_colours("Its GREY fur and crimson eyes; bluish (not counted)") == {"gray", "red"}
+    report = alignment_report(None, sprites, sprites, right)  # no encoder: colour agreement only
+    assert report == {"colour_agreement": 1.0, "colour_prompts": 10, "colour_agreement_real": 1.0}
+
+
+def test_alignment_encoder_trains_on_the_train_split_only(small_data):
+    from pikagen_jax.alignment.train import validate_config
+    from pikagen_jax.data.pipeline import dataset_metadata, make_train_loader
+
+    config = load_config("configs/alignment.py:smoke", kaggle_overrides(small_data))
+    validate_config(config)
+    meta = dataset_metadata(small_data["data_dir"], small_data["kaggle"])
+    species = meta["splits"]["species"]
+    train, held_out = set(species["train"]), set(species["val"]) | set(species["test"])
+    loader = iter(make_train_loader(config))
+    seen = {int(n) for _ in range(3 * len(train) // config.train.batch_size + 1)
+            for n in next(loader)["national_number"]}
+    assert seen and seen <= train and not seen & held_out
+    for bad in (["data.train_split=val"], ["data.augment.color_jitter=True"]):
+        with pytest.raises(ValueError, match="train_split|color_jitter"):
+            validate_config(load_config("configs/alignment.py:smoke", kaggle_overrides(small_data) + bad))
+
+
+@pytest.fixture(scope="module")
+def alignment_run(small_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("alignment")
+    log = launch("configs/alignment.py:smoke", workdir, small_data)
+    return workdir, log
+
+
+def test_smoke_alignment_run_checkpoints_heads_and_reports_the_real_ceiling(alignment_run):
+    from pikagen_jax.training.alignment_scorer import load_alignment_scorer
+
+    workdir, log = alignment_run
+    step_dir = workdir / "checkpoints" / "4"
+    assert (step_dir / "heads").is_dir() and (step_dir / "opt").is_dir()
+    assert not (step_dir / "inception").exists()  # frozen networks are rebuilt, not stored
+    report = json.loads((workdir / "results.json").read_text())
+    for split, result in report["splits"].items():
+        assert 0.0 <= result["r_precision_top1"] <= result["r_precision_top5"] <= 1.0, split
+    scorer = load_alignment_scorer(workdir)
+    emb = scorer.embed_captions(["A small blue turtle.", "A fiery lizard."])
+    assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert "val_r_precision_top1" in log
+
+
+def test_evaluate_reports_alignment_or_says_how_to_train_it(alignment_run, small_data, tmp_path, capsys):
+    from pikagen_jax import evaluate
+    from pikagen_jax.gan.train import train_and_evaluate
+
+    gan = tmp_path / "gan"
+    train_and_evaluate(load_config("configs/gan.py:smoke", kaggle_overrides(small_data)), gan)
+    settings = evaluate.MetricSettings(kid_subsets=5, batch_size=4)
+    report = evaluate.evaluate_run(gan, splits=["test"], settings=settings, write=False,
+                                   alignment_workdir=alignment_run[0])
+    alignment = report["results"]["test"]["alignment"]
+    for key in ("r_precision_top1", "r_precision_top1_real", "r_precision_top1_shuffled", "colour_prompts"):
+        assert key in alignment, key
+    assert "R-precision top-1" in evaluate.markdown_report(report)
+    missing = evaluate.evaluate_run(gan, splits=["test"], settings=settings, write=False,
+                                    alignment_workdir=tmp_path / "no_encoder")
+    assert "fid" in missing["results"]["test"] and "r_precision_top1" not in missing["results"]["test"]["alignment"]
+    err = capsys.readouterr().err
+    assert "no R-precision" in err and "python launch.py --config=configs/alignment.py" in err

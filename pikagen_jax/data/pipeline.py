@@ -10,6 +10,7 @@ caption in CLIP's BPE. Each host reads its own shard of the records
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from pikagen_jax.data import augment
 from pikagen_jax.data.tokenizers import Tokenizer, make_tokenizer
+from pikagen_jax.errors import ConfigError, DatasetNotFoundError
 
 DATASET_NAME = "pokemon_sprites"
 VERSION = "1.0.0"
@@ -28,7 +30,7 @@ def dataset_dir(data_dir: str | Path, dataset: str) -> Path:
     """The folder of a built dataset config: <data_dir>/pokemon_sprites/<dataset>/1.0.0."""
     path = Path(data_dir).expanduser() / DATASET_NAME / dataset / VERSION
     if not (path / "dataset_info.json").is_file():
-        raise FileNotFoundError(
+        raise DatasetNotFoundError(
             f"no built dataset at {path}: build it first, e.g. "
             f"`python -m data_prep.build --source={dataset.split('-')[0]} --data_dir={data_dir}` "
             "(see README, 'Build a dataset')")
@@ -140,12 +142,56 @@ def clip_tokenizer_from_config(config: ml_collections.ConfigDict) -> Tokenizer |
     return make_tokenizer("clip", None, length) if length > 0 else None
 
 
-def _host_batch_size(global_batch: int) -> int:
+def data_shards(config: ml_collections.ConfigDict) -> tuple[int, list[int]]:
+    """(shards per global batch, the shard indices this process reads).
+
+    Each shard is one disjoint part of every global batch (Grain's process sharding). By default there is one
+    shard per process; `data.num_shards` = k x processes gives each process k consecutive shards, so one process
+    can reproduce exactly the batches a multi-process run sees (tests, debugging)."""
     import jax
 
-    if global_batch % jax.process_count():
-        raise ValueError(f"batch size {global_batch} is not divisible by the {jax.process_count()} hosts")
-    return global_batch // jax.process_count()
+    processes, index = jax.process_count(), jax.process_index()
+    shards = int(config.data.get("num_shards", 0) or 0) or processes
+    if shards % processes:
+        raise ConfigError(f"data.num_shards={shards} must be a multiple of the {processes} processes")
+    per_process = shards // processes
+    return shards, list(range(index * per_process, (index + 1) * per_process))
+
+
+class ShardedLoader:
+    """Several Grain DataLoaders read as one: `iter()` gives their batches concatenated (`ShardedBatches`)."""
+
+    def __init__(self, loaders: list[grain.DataLoader]):
+        self.loaders = loaders
+
+    def __iter__(self) -> "ShardedBatches":
+        return ShardedBatches([iter(loader) for loader in self.loaders])
+
+
+class ShardedBatches:
+    """Batches of several data shards of this process, concatenated in shard order; the iterator state of
+    each shard is saved and restored with checkpoints."""
+
+    def __init__(self, iterators: list[Any]):
+        self.iterators = iterators
+
+    def __iter__(self) -> "ShardedBatches":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batches = [next(it) for it in self.iterators]
+        return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"shards": [json.loads(it.get_state().decode()) if isinstance(it.get_state(), bytes)
+                           else it.get_state() for it in self.iterators]}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if len(state.get("shards", [])) != len(self.iterators):
+            raise ConfigError(f"the data-iterator state holds {len(state.get('shards', []))} shard(s), this run "
+                              f"reads {len(self.iterators)}: resume with the run's own data.num_shards / processes")
+        for it, shard_state in zip(self.iterators, state["shards"]):
+            it.set_state(json.dumps(shard_state).encode() if isinstance(it.get_state(), bytes) else shard_state)
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -158,7 +204,8 @@ def _ensure_absl_flags_parsed() -> None:
 
 
 def make_train_loader(config: ml_collections.ConfigDict, *, seed: int | None = None) -> grain.DataLoader:
-    """Infinite, shuffled, augmented training loader (per-host batch = global batch / hosts).
+    """Infinite, shuffled, augmented training loader of this process's data shard(s) (`data_shards`); each
+    process's batch is its part of the global batch (global batch / processes).
 
     `iter(loader)` gives a DataLoaderIterator whose `get_state()` / `set_state()` resume it exactly.
     """
@@ -169,15 +216,24 @@ def make_train_loader(config: ml_collections.ConfigDict, *, seed: int | None = N
     transform = TrainTransform(data.image_size, tokenizer_from_config(config),
                                CaptionPolicy(**data.captions.to_dict()), data.augment,
                                clip_tokenizer=clip_tokenizer_from_config(config))
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-        shuffle=True, num_epochs=None, seed=int(config.seed if seed is None else seed))
-    return grain.DataLoader(
-        data_source=source, sampler=sampler,
-        operations=[transform, grain.transforms.Batch(_host_batch_size(config.train.batch_size),
-                                                      drop_remainder=True)],
-        worker_count=int(data.worker_count),
-    )
+    shards, mine = data_shards(config)
+    if config.train.batch_size % shards:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} is not divisible by the {shards} data shards "
+                          f"(one per process): use a multiple of {shards}")
+
+    def loader(shard: int) -> grain.DataLoader:
+        sampler = grain.samplers.IndexSampler(
+            num_records=len(source),
+            shard_options=grain.sharding.ShardOptions(shard_index=shard, shard_count=shards, drop_remainder=True),
+            shuffle=True, num_epochs=None, seed=int(config.seed if seed is None else seed))
+        return grain.DataLoader(
+            data_source=source, sampler=sampler,
+            operations=[transform, grain.transforms.Batch(config.train.batch_size // shards, drop_remainder=True)],
+            worker_count=int(data.worker_count))
+
+    if len(mine) == 1:
+        return loader(mine[0])
+    return ShardedLoader([loader(shard) for shard in mine])
 
 
 def make_eval_loader(config: ml_collections.ConfigDict, split: str, batch_size: int | None = None,
@@ -212,6 +268,9 @@ def data_config() -> ml_collections.ConfigDict:
             "train_split": "train",
             "image_size": 128,
             "worker_count": 2,
+            # parts each global batch is read in: 0 = one per process (Grain's process sharding); a multiple of
+            # the process count lets one process read exactly what a multi-process run reads
+            "num_shards": 0,
             "captions": {"original": 0.8, "paraphrase": 0.2, "enriched": 0.0},
             "augment": {
                 "rotations": 0, "hflip": False,

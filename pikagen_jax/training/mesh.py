@@ -22,6 +22,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from pikagen_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -54,12 +56,12 @@ def check_batch_divisible(global_batch_size: int, num_devices: int, what: str = 
     command-line override hint.
     """
     if global_batch_size <= 0:
-        raise ValueError(f"{what}={global_batch_size} must be positive")
+        raise ConfigError(f"{what}={global_batch_size} must be positive")
     if global_batch_size % num_devices:
         lower = global_batch_size - global_batch_size % num_devices
         suggestion = lower if lower else num_devices
         hint = f" (e.g. --config.{what}={suggestion})" if "." in what and " " not in what else ""
-        raise ValueError(
+        raise ConfigError(
             f"{what}={global_batch_size} is not divisible by the {num_devices} devices of the mesh: every "
             f"device must get the same number of examples. Use a multiple of {num_devices}{hint}; pad a last "
             "partial evaluation batch with pad_batch().")

@@ -6,6 +6,7 @@
     python -m pikagen_jax.generate --workdir=workdirs/diffusion --prompt="A fiery lizard." --sampler=ddim \
         --sampling_steps=50 --guidance_scale=3
     python -m pikagen_jax.generate --workdir=workdirs/dcgan --num=32          # unconditional: no prompt
+    python -m pikagen_jax.generate --model=models/gan64 --prompt="A fiery lizard."   # an exported model folder
 
 Loads the run's config and networks from the latest checkpoint (or `--best`, or `--step=N`) through
 `pikagen_jax.run_sampler.load_run_sampler`. The same `--seed` gives the same images. One grid row per prompt
@@ -21,13 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
+from pikagen_jax.errors import (
+    EXIT_USER_ERROR,
+    InputFileNotFoundError,
+    UsageError,
+    UserError,
+    debug_enabled,
+    format_user_error,
+)
+
 UNCONDITIONAL_COLUMNS = 8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--workdir", required=True, help="training work directory (holds checkpoints/)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", help="training work directory (holds checkpoints/)")
+    source.add_argument("--model", help="an exported model folder (python -m pikagen_jax.export)")
     p.add_argument("--prompt", action="append", default=[], help="a description; repeat for several")
     p.add_argument("--prompts_file", help="a text file with one description per line")
     p.add_argument("--num", type=int, default=8, help="images per prompt (unconditional runs: images in all)")
@@ -49,11 +61,11 @@ def collect_prompts(args: argparse.Namespace) -> list[str]:
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
-            raise FileNotFoundError(f"prompts file {path} not found")
+            raise InputFileNotFoundError(f"prompts file {path} not found")
         prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     empty = [i for i, p in enumerate(prompts) if not p.strip()]
     if empty:
-        raise ValueError(f"prompt #{empty[0] + 1} is empty: give a non-empty description")
+        raise UsageError(f"prompt #{empty[0] + 1} is empty: give a non-empty description")
     return prompts
 
 
@@ -61,7 +73,7 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
     """The prompts of --prompt and --prompts_file; none at all is an error."""
     prompts = collect_prompts(args)
     if not prompts:
-        raise ValueError("no prompt given: pass --prompt='A fiery lizard…' (repeatable) or --prompts_file")
+        raise UsageError("no prompt given: pass --prompt='A fiery lizard…' (repeatable) or --prompts_file")
     return prompts
 
 
@@ -75,7 +87,7 @@ def load_gan_for_sampling(workdir: Path, step: int | None = None, best: bool = F
 def sampler_options(args: argparse.Namespace) -> dict:
     """The sampler options given on the command line (diffusion runs)."""
     if args.sampling_steps is not None and args.sampling_steps < 1:
-        raise ValueError(f"--sampling_steps must be at least 1, got {args.sampling_steps}")
+        raise UsageError(f"--sampling_steps must be at least 1, got {args.sampling_steps}")
     names = ("sampler", "sampling_steps", "guidance_scale")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
@@ -87,10 +99,10 @@ def generate(args: argparse.Namespace) -> np.ndarray:
     from pikagen_jax.training.logging import make_image_grid, save_png, to_uint8
 
     if args.num < 1:
-        raise ValueError(f"--num must be at least 1, got {args.num}")
+        raise UsageError(f"--num must be at least 1, got {args.num}")
     prompts = collect_prompts(args)
     options = sampler_options(args)
-    sampler = load_run_sampler(args.workdir, step=args.step, best=args.best, **options)
+    sampler = load_run_sampler(args.model or args.workdir, step=args.step, best=args.best, **options)
     if sampler.conditional:
         if not prompts:
             read_prompts(args)  # raises: a text-conditioned run needs a prompt
@@ -118,12 +130,15 @@ def generate(args: argparse.Namespace) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 2 with one line for a user error (PIKAGEN_JAX_DEBUG=1: its traceback); a bug raises."""
     args = parse_args(argv)
     try:
         generate(args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except UserError as error:
+        if debug_enabled():
+            raise
+        print(format_user_error(error), file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -28,6 +28,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+from pikagen_jax.errors import NoCheckpointError, UsageError
 from pikagen_jax.training.sampler import RunSampler
 
 SYSTEM_TRAIN_COMMANDS = "python launch.py --config=configs/<system>.py --workdir={workdir}"
@@ -52,7 +53,7 @@ def run_system(workdir: str | Path) -> str:
         checkpointer = Checkpointer(run_dir, read_only=True)
         if checkpointer.latest_step() is not None:
             return str(checkpointer.restore_config()["system"])
-    raise FileNotFoundError(f"no checkpoints in {workdir}: train first with "
+    raise NoCheckpointError(f"no checkpoints in {workdir}: train first with "
                             f"`{SYSTEM_TRAIN_COMMANDS.format(workdir=workdir)}`")
 
 
@@ -61,14 +62,25 @@ def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = 
     """The RunSampler of the run in `workdir` (latest checkpoint, or `step`, or the best with `best`).
 
     `options` are passed to the system's loader (see the module docstring); unknown ones raise ValueError.
+    An exported model folder (`pikagen_jax.export`) works as `workdir` too (`step` and `best` are its own).
     """
-    system = run_system(workdir)
+    from pikagen_jax import model_folder
+
+    if model_folder.is_model_folder(workdir):
+        if step is not None or best:
+            raise UsageError(f"{workdir} is an exported model folder: it holds one checkpoint, so --step / --best "
+                             "do not apply")
+        system = model_folder.read_manifest(workdir)["system"]
+    else:
+        system = run_system(workdir)
     module = importlib.import_module(f"pikagen_jax.{system}.sampling")
     loader = module.load_run_sampler
     accepted = [name for name, p in inspect.signature(loader).parameters.items()
                 if p.kind == p.KEYWORD_ONLY]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ValueError(f"{workdir} holds a {system!r} run, whose sampler takes no option(s) {unknown} "
+        raise UsageError(f"{workdir} holds a {system!r} run, whose sampler takes no option(s) {unknown} "
                          f"(it takes {accepted})")
+    if model_folder.is_model_folder(workdir):
+        return model_folder.load_model_sampler(workdir, **options)
     return loader(Path(workdir), step, best, **options)

@@ -8,7 +8,9 @@ which is the test suite itself, needs that). Commands are run page by page, in o
   overrides, then `SMOKE_OVERRIDES` that keep it to a few steps on the small real-data subset;
 - `--workdir`, `--out`, `--out_dir`, `--data_dir`, `--model` and `--logdir` paths move into the sandbox;
 - `data_prep.build --source_dir=../shared/data/...` builds from the 40-species subsets of the same sources;
-- `tensorboard` and `pikagen_jax.demo` are servers: started, checked to answer on localhost, stopped.
+- `tensorboard` and `pikagen_jax.demo` are servers: started, checked to answer on localhost, stopped;
+- a command ending in `&` runs in the background while the next ones run (then both must succeed), and every
+  `--coordinator_address` gets a free localhost port (the same for the same address on one page).
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ class DocCommand:
 
     @property
     def words(self) -> list[str]:
-        return shlex.split(self.text, comments=True)
+        words = shlex.split(self.text, comments=True)
+        return words[:-1] if words and words[-1] == "&" else words
+
+    @property
+    def background(self) -> bool:
+        words = shlex.split(self.text, comments=True)
+        return bool(words) and words[-1] == "&"
 
     @property
     def where(self) -> str:
@@ -157,6 +165,8 @@ class Sandbox:
 
     root: Path
     small_data: dict
+    ports: dict = dataclasses.field(default_factory=dict)
+    running: list = dataclasses.field(default_factory=list)
 
     def path(self, value: str) -> str:
         """A user path moved under the sandbox (absolute and relative paths alike)."""
@@ -191,6 +201,8 @@ class Sandbox:
                 rest.append(f"--config={value.partition(':')[0]}:smoke")
             elif sep and flag == "--dataset":
                 rest.append(f"--dataset={self.small_data['kaggle']}")
+            elif sep and flag == "--coordinator_address":
+                rest.append(f"{flag}=127.0.0.1:{self.ports.setdefault(value, free_port())}")
             else:
                 rest.append(word)
         if name == "launch.py":
@@ -233,9 +245,27 @@ class Sandbox:
         argv, env = self.smoke_argv(command)
         if program(command.words) in SERVERS:
             return self._run_server(command, argv, env, timeout)
-        proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-        assert proc.returncode == 0, f"{command.where}: `{command.text}` failed:\n{proc.stderr[-4000:]}"
+        if command.background:
+            self.running.append((command, subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                                           stderr=subprocess.PIPE, text=True)))
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        try:
+            proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+            assert proc.returncode == 0, f"{command.where}: `{command.text}` failed:\n{proc.stderr[-4000:]}"
+        finally:
+            self._wait_background(timeout)
         return proc
+
+    def _wait_background(self, timeout: float) -> None:
+        """The background commands started before must finish, successfully."""
+        running, self.running = self.running, []
+        for command, proc in running:
+            try:
+                _, err = proc.communicate(timeout=timeout)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 0, f"{command.where}: `{command.text}` (in the background) failed:\n{err[-4000:]}"
 
     def _run_server(self, command: DocCommand, argv: list[str], env: dict, timeout: float):
         port = free_port()

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import pytest
 
 from pikagen_jax.training.compile_watch import CompileCounter
 

@@ -67,6 +67,10 @@ class WordPieceTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode(list(int(i) for i in ids), skip_special_tokens=True)
 
+    def id_to_token(self, token_id: int) -> str:
+        """The word piece of one id (e.g. 'turtle', '##s', '[CLS]')."""
+        return self._tok.id_to_token(int(token_id)) or ""
+
 
 def find_clip_vocab() -> Path:
     """Locates CLIP's BPE vocabulary inside the installed open-clip-torch package without importing it."""
@@ -130,6 +134,10 @@ class ClipBpeTokenizer:
             regex.IGNORECASE)
         self._cache: dict[str, str] = {}
 
+
+    def id_to_token(self, token_id: int) -> str:
+        """The BPE piece of one id ('turtle</w>', '<start_of_text>')."""
+        return self.decoder.get(int(token_id), "")
     def _bpe(self, token: str) -> str:
         if token in self._cache:
             return self._cache[token]

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from pikagen_jax.dcgan.state import build_generator
+from pikagen_jax.errors import UsageError
 from pikagen_jax.training.samples import noise
 
 
@@ -34,22 +35,35 @@ def make_sampler(generator: nnx.Module) -> Callable[[jax.Array], jax.Array]:
 def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, *, batch_size: int = 64):
     """A `RunSampler` (unconditional: the token arrays only give the number of images) for a DCGAN run."""
     from pikagen_jax.training.checkpointing import Checkpointer
-    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
 
     workdir = Path(workdir)
     if best:
-        raise ValueError(f"--best: the DCGAN run in {workdir} keeps no best checkpoint; drop --best or pick --step=N")
+        raise UsageError(f"--best: the DCGAN run in {workdir} keeps no best checkpoint; drop --best or pick --step=N")
     checkpointer = Checkpointer(workdir, read_only=True)
     config = ml_collections.ConfigDict(checkpointer.restore_config(step=step))
-    resolved = step if step is not None else checkpointer.latest_step()
-    generator = nnx.eval_shape(lambda: build_generator(config, nnx.Rngs(0)))
-    nnx.update(generator, checkpointer.restore({"generator": generator}, step=resolved)["generator"])
-    sample = make_sampler(generator)
+    resolved = step if step is not None else checkpointer.latest_intact_step()
+    nodes = inference_nodes(config)
+    nnx.update(nodes["generator"], checkpointer.restore(nodes, step=resolved)["generator"])
+    return sampler_from_nodes(config, nodes, resolved, f"dcgan ({config.loss.kind}) step {resolved}",
+                              batch_size=batch_size)
+
+
+def inference_nodes(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
+    """The modules generation needs, by checkpoint item name."""
+    return {"generator": nnx.eval_shape(lambda: build_generator(config, nnx.Rngs(0)))}
+
+
+def sampler_from_nodes(config: ml_collections.ConfigDict, nodes: dict[str, nnx.Module], step: int,
+                       description: str, *, batch_size: int = 64):
+    """A `RunSampler` (unconditional: the token arrays only give the number of images)."""
+    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
+
+    sample = make_sampler(nodes["generator"])
 
     def generate(token_ids: np.ndarray, attention_mask: np.ndarray, seed: int) -> np.ndarray:
         del attention_mask  # unconditional
         z = np.asarray(noise(seed, len(token_ids), config.model.latent_dim))
         return generate_in_batches(lambda index, codes: sample(codes), (z,), batch_size)
 
-    return RunSampler(config=config, step=resolved, conditional=False, generate=generate,
-                      description=f"dcgan ({config.loss.kind}) step {resolved}")
+    return RunSampler(config=config, step=step, conditional=False, generate=generate, description=description,
+                      nodes=nodes)

@@ -12,9 +12,9 @@ import ml_collections
 import optax
 from flax import nnx
 
-from pikagen_jax.training.precision import compute_dtype
 from pikagen_jax.losses.dcgan import DCGAN_RECOMMENDED, WGAN_GP_RECOMMENDED
 from pikagen_jax.models.dcgan import NORMS, Discriminator, Generator
+from pikagen_jax.training.precision import compute_dtype
 
 LOSS_KINDS = ("bce", "wgan_gp")
 CHECKPOINT_ITEMS = ("generator", "discriminator", "opt_g", "opt_d")

@@ -22,8 +22,12 @@ import optax
 from flax import nnx
 
 from pikagen_jax.dcgan.state import DcganState
-from pikagen_jax.losses.dcgan import (bce_discriminator_loss, bce_generator_loss, wgan_generator_loss,
-                                      wgan_gp_critic_loss)
+from pikagen_jax.losses.dcgan import (
+    bce_discriminator_loss,
+    bce_generator_loss,
+    wgan_generator_loss,
+    wgan_gp_critic_loss,
+)
 from pikagen_jax.training.guards import all_finite, restore_nodes_if_nonfinite, snapshot_state
 from pikagen_jax.training.jitted_step import make_jitted_step
 from pikagen_jax.training.mesh import Mesh

@@ -26,6 +26,7 @@ from pikagen_jax.diffusion.schedule import SAMPLERS, ddim_sample, ddpm_sample, g
 from pikagen_jax.diffusion.stages import stage_dir, stage_has_checkpoints
 from pikagen_jax.diffusion.state import SAMPLING_ITEMS, STAGES, LatentStats, build_unet, build_vae
 from pikagen_jax.diffusion.steps import noise_schedule
+from pikagen_jax.errors import NoCheckpointError, UsageError
 
 
 class LatentDiffusionSampler:
@@ -35,10 +36,10 @@ class LatentDiffusionSampler:
                  config: ml_collections.ConfigDict, *, method: str = "ddim", num_steps: int = 50,
                  guidance_scale: float = 1.0, eta: float = 0.0, clip_x0: float | None = None):
         if method not in SAMPLERS:
-            raise ValueError(f"unknown sampler {method!r}; use one of {SAMPLERS}")
+            raise UsageError(f"unknown sampler {method!r}; use one of {SAMPLERS}")
         schedule = noise_schedule(config)
         if method == "ddim" and not 1 <= num_steps <= schedule.num_steps:
-            raise ValueError(f"sampling_steps must be in 1..{schedule.num_steps}, got {num_steps}")
+            raise UsageError(f"sampling_steps must be in 1..{schedule.num_steps}, got {num_steps}")
         self.networks = (text_encoder, vae, unet, latent_stats)
         self.method, self.num_steps, self.guidance_scale, self.eta = method, int(num_steps), float(guidance_scale), eta
         self.text_conditioned_decoder = bool(config.vae.text_conditioned)
@@ -88,15 +89,15 @@ def sampling_stage(workdir: Path, stage: str | None = None) -> str:
 
     if stage is not None:
         if stage not in STAGES[1:]:
-            raise ValueError(f"a diffusion run generates with stage 'unet' or 'text', not {stage!r}")
+            raise UsageError(f"a diffusion run generates with stage 'unet' or 'text', not {stage!r}")
         if not stage_has_checkpoints(workdir, stage):
-            raise FileNotFoundError(f"no checkpoints in {stage_dir(workdir, stage)}")
+            raise NoCheckpointError(f"no checkpoints in {stage_dir(workdir, stage)}")
         return stage
     for candidate in ("text", "unet"):
         if stage_has_checkpoints(workdir, candidate):
             return candidate
     trained = "only the VAE stage is trained" if stage_has_checkpoints(workdir, "vae") else "no stage is trained"
-    raise FileNotFoundError(f"{workdir}: {trained}; train the U-Net first with `python launch.py "
+    raise NoCheckpointError(f"{workdir}: {trained}; train the U-Net first with `python launch.py "
                             f"--config=configs/diffusion.py --config.stage=unet --workdir={workdir}`")
 
 
@@ -104,21 +105,26 @@ def load_sampling_networks(workdir: Path, stage: str, step: int | None = None
                            ) -> tuple[ml_collections.ConfigDict, tuple[nnx.Module, ...], int]:
     """(config, (text encoder, VAE, EMA U-Net, latent stats), step) restored from a stage's checkpoint."""
     from pikagen_jax.training.checkpointing import Checkpointer
-    from pikagen_jax.training.precision import compute_dtype
-    from pikagen_jax.training.text import build_text_encoder
 
     checkpointer = Checkpointer(stage_dir(workdir, stage), read_only=True)
     config = ml_collections.ConfigDict(checkpointer.restore_config(step=step))
-    resolved = step if step is not None else checkpointer.latest_step()
-    text = build_text_encoder(config, nnx.Rngs(0), compute_dtype(config))
-    vae = nnx.eval_shape(lambda: build_vae(config, nnx.Rngs(0), compute_dtype(config)))
-    unet = nnx.eval_shape(lambda: build_unet(config, nnx.Rngs(0), jnp.float32))
-    stats = LatentStats()
-    networks = dict(zip(SAMPLING_ITEMS, (text, vae, stats, unet)))
+    resolved = step if step is not None else checkpointer.latest_intact_step()
+    networks = inference_nodes(config)
     restored = checkpointer.restore(networks, step=resolved)
     for name, node in networks.items():
         nnx.update(node, restored[name])
-    return config, (text, vae, unet, stats), resolved
+    return config, tuple(networks[name] for name in ("text_encoder", "vae", "ema_unet", "latent_stats")), resolved
+
+
+def inference_nodes(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
+    """The modules generation needs, by checkpoint item name (text encoder, VAE, latent scale, EMA U-Net)."""
+    from pikagen_jax.training.precision import compute_dtype
+    from pikagen_jax.training.text import build_text_encoder
+
+    text = build_text_encoder(config, nnx.Rngs(0), compute_dtype(config))
+    vae = nnx.eval_shape(lambda: build_vae(config, nnx.Rngs(0), compute_dtype(config)))
+    unet = nnx.eval_shape(lambda: build_unet(config, nnx.Rngs(0), jnp.float32))
+    return dict(zip(SAMPLING_ITEMS, (text, vae, LatentStats(), unet)))
 
 
 def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, *, sampler: str | None = None,
@@ -131,14 +137,25 @@ def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = 
     `batch_size` (images per jitted call). `step` is a step of that stage. Diffusion runs keep no best
     checkpoint, so `best` raises.
     """
-    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
-
     workdir = Path(workdir)
     if best:
-        raise ValueError(f"--best: the diffusion run in {workdir} keeps no best checkpoint (it has no in-training "
+        raise UsageError(f"--best: the diffusion run in {workdir} keeps no best checkpoint (it has no in-training "
                          "metric); drop --best or pick --step=N")
     stage = sampling_stage(workdir, stage)
     config, networks, resolved = load_sampling_networks(workdir, stage, step)
+    nodes = dict(zip(("text_encoder", "vae", "ema_unet", "latent_stats"), networks))
+    return sampler_from_nodes(config, nodes, resolved, f"diffusion stage {stage} step {resolved}", sampler=sampler,
+                              sampling_steps=sampling_steps, guidance_scale=guidance_scale, eta=eta,
+                              batch_size=batch_size)
+
+
+def sampler_from_nodes(config: ml_collections.ConfigDict, nodes: dict[str, nnx.Module], step: int,
+                       description: str, *, sampler: str | None = None, sampling_steps: int | None = None,
+                       guidance_scale: float | None = None, eta: float | None = None, batch_size: int = 16):
+    """A `RunSampler` with the given sampling options (None = the run's `config.sample`)."""
+    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
+
+    networks = tuple(nodes[name] for name in ("text_encoder", "vae", "ema_unet", "latent_stats"))
     s = config.sample
     sample = LatentDiffusionSampler(
         *networks, config, method=sampler or s.method, num_steps=sampling_steps or s.num_steps,
@@ -152,5 +169,5 @@ def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = 
             lambda index, ids, mask, x: sample(ids, mask, seed, batch_index=index, x_init=x),
             (token_ids, attention_mask, x_init), batch_size)
 
-    return RunSampler(config=config, step=resolved, conditional=True, generate=generate,
-                      description=f"diffusion stage {stage} step {resolved}: {sample.describe()}")
+    return RunSampler(config=config, step=step, conditional=True, generate=generate,
+                      description=f"{description}: {sample.describe()}", nodes=nodes)

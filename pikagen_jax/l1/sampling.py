@@ -14,25 +14,41 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from pikagen_jax.errors import UsageError
 from pikagen_jax.training.samples import noise
+
+
+def inference_nodes(config: ml_collections.ConfigDict) -> dict[str, nnx.Module]:
+    """The modules generation needs, by checkpoint item name."""
+    from pikagen_jax.l1.state import model_config
+    from pikagen_jax.models.l1_model import L1Model
+    from pikagen_jax.training.precision import compute_dtype
+
+    return {"model": L1Model(model_config(config), dtype=compute_dtype(config), rngs=nnx.Rngs(0))}
 
 
 def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = False, *, batch_size: int = 16):
     """A `RunSampler` of an L1 run (latest checkpoint, `step`, or with `best` the best by validation L1)."""
-    from pikagen_jax.l1.state import model_config
-    from pikagen_jax.models.l1_model import L1Model
     from pikagen_jax.training.checkpointing import Checkpointer
-    from pikagen_jax.training.precision import compute_dtype
-    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
 
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(Checkpointer(workdir, read_only=True).restore_config(step=step))
     checkpointer = Checkpointer.from_config(workdir, config, read_only=True)
     if best and checkpointer.best_step() is None:
-        raise ValueError(f"--best: the run in {workdir} has no best checkpoint yet (no validation has run)")
-    resolved = step if step is not None else (checkpointer.best_step() if best else checkpointer.latest_step())
-    model = L1Model(model_config(config), dtype=compute_dtype(config), rngs=nnx.Rngs(0))
-    nnx.update(model, checkpointer.restore({"model": model}, step=resolved, best=best)["model"])
+        raise UsageError(f"--best: the run in {workdir} has no best checkpoint yet (no validation has run)")
+    resolved = step if step is not None else checkpointer.latest_intact_step(best)
+    nodes = inference_nodes(config)
+    nnx.update(nodes["model"], checkpointer.restore(nodes, step=resolved, best=best)["model"])
+    return sampler_from_nodes(config, nodes, resolved, f"l1 model, step {resolved}" + (" (best)" if best else ""),
+                              batch_size=batch_size)
+
+
+def sampler_from_nodes(config: ml_collections.ConfigDict, nodes: dict[str, nnx.Module], step: int,
+                       description: str, *, batch_size: int = 16):
+    """A `RunSampler` of the L1 model in evaluation mode, z drawn per image from the seed."""
+    from pikagen_jax.training.sampler import RunSampler, generate_in_batches
+
+    model = nodes["model"]
     graphdef, _ = nnx.split(model)
 
     @jax.jit
@@ -46,5 +62,5 @@ def load_run_sampler(workdir: str | Path, step: int | None = None, best: bool = 
                                                      jnp.asarray(codes)),
             (token_ids, attention_mask, z), batch_size)
 
-    return RunSampler(config=config, step=resolved, conditional=True, generate=generate,
-                      description=f"l1 model, step {resolved}" + (" (best)" if best else ""))
+    return RunSampler(config=config, step=step, conditional=True, generate=generate, description=description,
+                      nodes=nodes)

@@ -6,8 +6,8 @@ import ml_collections
 import optax
 from flax import nnx
 
-from pikagen_jax.training.precision import compute_dtype
 from pikagen_jax.models.l1_model import L1Model, L1ModelConfig
+from pikagen_jax.training.precision import compute_dtype
 
 # Names under which the parts are checkpointed.
 CHECKPOINT_ITEMS = ("model", "optimizer")

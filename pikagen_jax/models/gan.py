@@ -238,6 +238,30 @@ class Generator(nnx.Module):
         self.head_norm = _group_norm(widths[-1], num_groups, **common)
         self.head_conv = nnx.Conv(widths[-1], 3, (3, 3), padding=1, **common)
 
+    def attention_maps(self, z: Array, sentence: Array, tokens: Array, mask: Array, stage: int = -1) -> Array:
+        """Where each word looks: stage `stage`'s cross-attention weights, averaged over heads -> [B, H, W, T].
+
+        Runs the generator up to that stage's attention and forms softmax(scale · cos(q, k)) in the textbook
+        order (the weights the folded order never materialises); masked tokens get 0."""
+        stage = stage % len(self.stages)
+        batch = z.shape[0]
+        x = self.project(jnp.concatenate([z, sentence.astype(z.dtype)], axis=-1)).reshape(batch, 4, 4, self.channels[0])
+        for index, block in enumerate(self.stages):
+            if index == stage:
+                x = block.block(block.upsample(x))
+                break
+            x = block(x, tokens, mask)
+        attention = self.stages[stage].attention
+        _, height, width, channels = x.shape
+        split = lambda t: t.reshape(*t.shape[:2], attention.num_heads, attention.head_dim)  # noqa: E731
+        q = _l2_normalize(split(attention.to_q(x.reshape(batch, height * width, channels))))
+        k = _l2_normalize(split(attention.to_k(tokens)))
+        scale = attention.qk_scale if attention.log_qk_scale is None else jnp.exp(attention.log_qk_scale[...])
+        logits = jnp.einsum("blhd,bthd->bhlt", q, k) * scale
+        weights = masked_softmax(logits, mask > 0)
+        weights = jnp.where((mask > 0)[:, None, None, :], weights, 0.0)
+        return jnp.mean(weights, axis=1).reshape(batch, height, width, -1)
+
     def __call__(self, z: Array, sentence: Array, tokens: Array, mask: Array) -> Array:
         """z: [B, z_dim]; sentence: [B, sentence_dim]; tokens: [B, T, token_dim]; mask: [B, T]."""
         batch = z.shape[0]

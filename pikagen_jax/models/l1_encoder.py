@@ -82,15 +82,22 @@ class MultiHeadAttention(nnx.Module):
         self.out = linear(width, out_dim, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
+    def _split(self, t: Array) -> Array:
+        return t.reshape(t.shape[0], t.shape[1], self.num_heads, -1)
+
+    def weights(self, queries: Array, keys_values: Array, attention_mask: Array) -> Array:
+        """The attention weights [B, heads, Q, T] (float32, padding masked, before dropout)."""
+        q, k = self._split(self.query(queries)), self._split(self.key(keys_values))
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
+        keep = (attention_mask > 0)[:, None, None, :]
+        return jax.nn.softmax(jnp.where(keep, logits, jnp.finfo(jnp.float32).min), axis=-1)
+
     def __call__(self, queries: Array, keys_values: Array, attention_mask: Array, *,
                  deterministic: bool) -> Array:
         """queries [B, Q, query_dim], keys_values [B, T, kv_dim], attention_mask [B, T] (1 = real token)."""
         batch, num_queries = queries.shape[:2]
-        split = lambda t: t.reshape(t.shape[0], t.shape[1], self.num_heads, -1)
-        q, k, v = split(self.query(queries)), split(self.key(keys_values)), split(self.value(keys_values))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(q.shape[-1])
-        keep = (attention_mask > 0)[:, None, None, :]
-        weights = jax.nn.softmax(jnp.where(keep, logits, jnp.finfo(jnp.float32).min), axis=-1)
+        v = self._split(self.value(keys_values))
+        weights = self.weights(queries, keys_values, attention_mask)
         weights = self.dropout(weights, deterministic=deterministic).astype(v.dtype)
         context = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, num_queries, -1)
         return self.out(context)

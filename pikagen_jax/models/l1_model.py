@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pikagen_jax.models.l1_decoder import ImageGenerator
-from pikagen_jax.models.l1_encoder import AttentionBlock, TextEncoder
+from pikagen_jax.models.l1_encoder import AttentionBlock, TextEncoder, masked_mean_pool
 
 Array = jax.Array
 OUTPUT_PRIORS = ("none", "train_median")
@@ -122,6 +122,13 @@ class L1Model(nnx.Module):
     def sample_z(self, batch_size: int) -> Array:
         """Standard-normal noise [batch_size, z_dim] from the 'latent' stream."""
         return jax.random.normal(self.latent_rngs(), (batch_size, self.config.z_dim), jnp.float32)
+
+    def word_weights(self, input_ids: Array, attention_mask: Array) -> Array:
+        """How much the pooled query attends to each token, averaged over heads -> [B, T] (evaluation mode)."""
+        tokens = self.encoder(input_ids, attention_mask, deterministic=True)
+        query = masked_mean_pool(tokens, attention_mask)[:, None, :]
+        weights = self.attention.attention.weights(query, tokens, attention_mask)  # [B, heads, 1, T]
+        return jnp.mean(weights[:, :, 0, :], axis=1)
 
     def __call__(self, input_ids: Array, attention_mask: Array, z: Array | None = None, *,
                  deterministic: bool | None = None) -> Array:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,18 +36,46 @@ _WORD_EMBEDDINGS = ("word_embeddings", "token_embedding")
 _SENTENCE_HEADS = ("pooler", "text_projection")
 
 
+SHAPE_ONLY_MARKER = "weights_in_model_folder.txt"
+
+
+def is_shape_only(checkpoint: str) -> bool:
+    """A backbone folder of an exported model: its config.json only, the weights being in the model folder."""
+    return bool(checkpoint) and (Path(checkpoint) / SHAPE_ONLY_MARKER).is_file()
+
+
+def write_shape_only(backbone: BertModel | CLIPTextModel, folder: Path) -> Path:
+    """Writes a backbone's config.json and the marker of `is_shape_only` into `folder`."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    values = dataclasses.asdict(backbone.config)
+    if isinstance(backbone, CLIPTextModel):
+        values["with_projection"] = backbone.text_projection is not None
+    (folder / hf_weights.CONFIG_NAME).write_text(json.dumps(values, indent=1))
+    (folder / SHAPE_ONLY_MARKER).write_text("The text backbone's weights are in ../weights/text_encoder.safetensors; "
+                                            "this folder gives its shape (config.json).\n")
+    return folder
+
+
 def build_backbone(kind: str, checkpoint: str, *, dtype: Any = jnp.float32,
                    rngs: nnx.Rngs) -> BertModel | CLIPTextModel:
     """A BERT or CLIP text backbone from a preset name or a Hugging Face checkpoint (dir or hub name).
 
     Presets: bert 'minilm' (pretrained, offline package), 'bert_mini' and 'tiny' (random init);
-    clip 'vit_b32' and 'tiny' (random init, with text_projection).
+    clip 'vit_b32' and 'tiny' (random init, with text_projection). A shape-only folder (`is_shape_only`, as
+    an exported model holds) builds the backbone of its config.json for weights restored afterwards.
     """
     if kind not in BACKBONES:
         raise ValueError(f"unknown text backbone {kind!r}; use one of {BACKBONES}")
     if not checkpoint:
         raise ValueError(f"no checkpoint for the {kind} backbone: give a preset {PRESETS[kind]} or a "
                          "Hugging Face checkpoint directory")
+    if is_shape_only(checkpoint):
+        if kind == "bert":
+            return BertModel(BertConfig.from_json(checkpoint), dtype=dtype, rngs=rngs)
+        projection = bool(hf_weights.read_config(checkpoint).get("with_projection", True))
+        return CLIPTextModel(CLIPTextConfig.from_json(checkpoint), with_projection=projection, dtype=dtype, rngs=rngs)
     if kind == "bert":
         if checkpoint == "minilm":
             return BertModel.from_pretrained(hf_weights.default_minilm_dir(), dtype=dtype, rngs=rngs)

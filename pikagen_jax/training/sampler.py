@@ -25,6 +25,7 @@ class RunSampler:
       conditional: whether the images depend on the text (False for the unconditional DCGAN).
       generate: (token_ids [N, T] int, attention_mask [N, T] int, seed) -> images [N, S, S, 3] in [-1, 1].
       description: what generates, for logs (e.g. 'diffusion stage unet step 4000: ddim, 50 steps, guidance 3').
+      nodes: the inference modules by checkpoint item name (what `pikagen_jax.export` writes out).
     """
 
     config: ml_collections.ConfigDict
@@ -32,6 +33,7 @@ class RunSampler:
     conditional: bool
     generate: GenerateFn
     description: str = ""
+    nodes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def generate_in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
@@ -51,7 +53,12 @@ def generate_in_batches(fn: Callable[..., Any], arrays: Sequence[np.ndarray], ba
         raise ValueError(f"inputs disagree on the number of rows: {[len(a) for a in arrays]}")
     size = min(batch_size, total)
     outputs = []
-    for index, start in enumerate(range(0, total, size)):
+    starts = range(0, total, size)
+    if len(starts) > 1:  # a progress bar on a terminal (tqdm stays quiet when stderr is not one)
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="generating", unit="batch", disable=None, leave=False)
+    for index, start in enumerate(starts):
         count = min(size, total - start)
         chunks = [np.concatenate([a[start:start + count], np.repeat(a[start:start + 1], size - count, axis=0)])
                   for a in arrays]

@@ -36,6 +36,10 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
     """No built dataset where the config points."""
 
 
+class SplitNotFoundError(UserError, ValueError):
+    """A split name the built dataset does not have."""
+
+
 class NoIntactCheckpointError(UserError, FileNotFoundError):
     """Every checkpoint that could be restored is damaged."""
 

@@ -109,7 +109,7 @@ def test_missing_source_gives_clear_error(tmp_path, capsys):
 def test_load_sprite_composites_alpha_onto_white(tmp_path):
     from PIL import Image
 
-    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba = np.zeros((8, 8, 4), np.uint8)  # the smallest sprite the loader accepts
     rgba[1:3, 1:3] = (200, 0, 0, 255)  # opaque red square, transparent elsewhere
     rgba[0, 0] = (0, 0, 0, 128)  # half-transparent black
     Image.fromarray(rgba, "RGBA").save(tmp_path / "s.png")

@@ -95,7 +95,7 @@ def test_bad_sprite_files_are_skipped_or_converted(tmp_path, capsys):
     Image.open(sprites / "004.png").convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE).save(sprites / "004.png")
     Image.open(sprites / "005.png").convert("RGB").convert("CMYK").save(sprites / "005.png", format="JPEG")  # CMYK
     grey16 = (np.asarray(Image.open(sprites / "006.png").convert("L"), np.uint16) * 257)
-    Image.fromarray(grey16, mode="I;16").save(sprites / "006.png")  # 16-bit greyscale
+    Image.fromarray(grey16).save(sprites / "006.png")  # 16-bit greyscale
     Image.new("RGB", (5000, 5000), (10, 200, 30)).save(sprites / "007.png")  # 5000x5000
     assert _build(source, tmp_path / "tfds") == 0
     err = capsys.readouterr().err

@@ -556,7 +556,7 @@ def test_launch_help_and_unknown_system(tmp_path):
                           f"--workdir={tmp_path / 'work'}"], capture_output=True, text=True, cwd=REPO,
                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert bad.returncode != 0
-    assert "config.system='vae' is not one of ('gan', 'l1', 'diffusion', 'dcgan')" in bad.stderr
+    assert "config.system='vae' is not one of ('gan', 'l1', 'diffusion', 'dcgan', 'alignment')" in bad.stderr
     missing_workdir = subprocess.run([sys.executable, "launch.py", f"--config={write_config(tmp_path)}"],
                                      capture_output=True, text=True, cwd=REPO, timeout=120)
     assert missing_workdir.returncode != 0 and "--workdir" in missing_workdir.stderr

@@ -125,7 +125,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             except BadImageError as e:
                 if self.strict:
                     raise BadImageError(f"{record.source_row} (#{record.national_number}): {e}") from e
-                skipped.append((record.source_row, str(e)))
+                skipped.append((record.source_row, f"#{record.national_number} {record.name}: {e}"))
                 continue
             records.append((record, encode_png(image)))
         plan, warnings = plan_splits({r.national_number: len(r.descriptions) for r, _ in records},

@@ -20,7 +20,7 @@ import numpy as np
 
 from pikagen_jax.data import augment
 from pikagen_jax.data.tokenizers import Tokenizer, make_tokenizer
-from pikagen_jax.errors import ConfigError, DatasetNotFoundError
+from pikagen_jax.errors import ConfigError, DatasetNotFoundError, SplitNotFoundError
 
 DATASET_NAME = "pokemon_sprites"
 VERSION = "1.0.0"
@@ -43,7 +43,7 @@ def open_split(data_dir: str | Path, dataset: str, split: str):
 
     builder = tfds.builder_from_directory(str(dataset_dir(data_dir, dataset)))
     if split not in builder.info.splits:
-        raise ValueError(f"split {split!r} is not in dataset {dataset!r} (it has {list(builder.info.splits)}); "
+        raise SplitNotFoundError(f"split {split!r} is not in dataset {dataset!r} (it has {list(builder.info.splits)}); "
                          "empty splits are not written: see the build summary")
     return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 

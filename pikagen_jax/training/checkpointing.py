@@ -277,8 +277,9 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return False
         self._finish_pending()
+        args = self._save_args(state, data_iterator, config)  # a bad item name is the caller's bug, not an I/O error
         try:
-            started = self._manager.save(step, args=self._save_args(state, data_iterator, config), force=True)
+            started = self._manager.save(step, args=args, force=True)
         except (OSError, ValueError, RuntimeError) as error:
             raise self._save_error(error) from error
         if started:

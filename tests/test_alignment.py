@@ -11,8 +11,14 @@ import pytest
 
 from pikagen_jax.config_utils import load_config
 from pikagen_jax.losses.alignment import info_nce_loss
-from pikagen_jax.metrics.alignment import (alignment_report, colour_agreement, colour_name, dominant_colour,
-                                           named_colours, r_precision)
+from pikagen_jax.metrics.alignment import (
+    alignment_report,
+    colour_agreement,
+    colour_name,
+    dominant_colour,
+    named_colours,
+    r_precision,
+)
 from tests.launch_helpers import kaggle_overrides, launch
 from tests.tolerances import assert_within, path_tolerance
 
@@ -32,6 +38,15 @@ def test_info_nce_equals_a_direct_numpy_computation():
     # float32: 7-term dot products scaled by 10, a 5-term log-sum-exp per row, means of 5
     assert_within(float(loss), (row + col) / 2, path_tolerance([7, 5, 5, 5], 10.0), "InfoNCE")
     assert float(parts["batch_top1"]) == np.mean(np.argmax(logits, axis=1) == np.arange(5))
+    # pairs 0 and 1 of one species: neither is the other's negative
+    groups = np.array([7, 7, 1, 2, 3])
+    grouped, _ = info_nce_loss(jnp.asarray(image, jnp.float32), jnp.asarray(text, jnp.float32), np.log(10.0),
+                               groups=jnp.asarray(groups))
+    keep = (groups[:, None] != groups[None, :]) | np.eye(5, dtype=bool)
+    row = -np.mean([logits[i, i] - np.log(np.exp(logits[i][keep[i]]).sum()) for i in range(5)])
+    col = -np.mean([logits[i, i] - np.log(np.exp(logits[:, i][keep[:, i]]).sum()) for i in range(5)])
+    assert_within(float(grouped), (row + col) / 2, path_tolerance([7, 5, 5, 5], 10.0), "InfoNCE with groups")
+    assert float(grouped) < float(loss)  # fewer negatives
     perfect, _ = info_nce_loss(jnp.eye(4), jnp.eye(4), np.log(100.0))
     assert float(perfect) < 1e-6  # matching pairs far apart from the others: no loss
     with pytest.raises(ValueError, match="one shape"):
@@ -130,6 +145,28 @@ def test_smoke_alignment_run_checkpoints_heads_and_reports_the_real_ceiling(alig
     emb = scorer.embed_captions(["A small blue turtle.", "A fiery lizard."])
     assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert "val_r_precision_top1" in log
+    # the frozen features were extracted once into the workdir, and the heads' batches came from them
+    with np.load(workdir / "feature_cache.npz") as cache:
+        assert cache["image"].shape[1] == 2048 and len(cache["image"]) == len(cache["text"]) == len(cache["species"])
+    assert report["feature_pairs"] == len(np.load(workdir / "feature_cache.npz")["species"])
+
+
+def test_cached_batches_resume_exactly_and_reshuffle_each_epoch():
+    from pikagen_jax.alignment.features import FeatureCache, cached_batches
+
+    cache = FeatureCache(np.arange(10, dtype=np.float32)[:, None], np.zeros((10, 1), np.float32),
+                         np.arange(10, dtype=np.int32))
+    iterator = cached_batches(cache, batch_size=5, seed=0)
+    epochs = [np.concatenate([next(iterator)["species"] for _ in range(2)]) for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(10)) and list(epochs[0]) != list(epochs[1])
+    state = iterator.get_state()
+    ahead = [next(iterator)["image_features"][:, 0] for _ in range(3)]
+    again = cached_batches(cache, batch_size=5, seed=0)
+    again.set_state(state)
+    for want in ahead:
+        np.testing.assert_array_equal(next(again)["image_features"][:, 0], want)
+    with pytest.raises(ValueError, match="fewer than train.batch_size"):
+        cached_batches(cache, batch_size=11, seed=0)
 
 
 def test_evaluate_reports_alignment_or_says_how_to_train_it(alignment_run, small_data, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The alignment encoder's training state: frozen FID Inception-v3 and text backbone, trained heads, AdamW."""
+"""The alignment encoder's training state: the trained heads and their AdamW (the frozen networks live apart)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ import ml_collections
 import optax
 from flax import nnx
 
-from pikagen_jax.training.alignment_scorer import build_frozen_networks, build_heads
+from pikagen_jax.training.alignment_scorer import build_heads
 
 CHECKPOINT_ITEMS = ("heads", "opt")  # the frozen networks are rebuilt from their offline packages
 
 
 class AlignmentState(nnx.Module):
-    """Everything one alignment step reads or updates; only `heads` trains."""
+    """Everything one alignment step reads or updates."""
 
-    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        self.inception, self.backbone = build_frozen_networks(config)
-        self.heads = build_heads(config, self.backbone.config.hidden_size, rngs)
+    def __init__(self, config: ml_collections.ConfigDict, text_dim: int, *, rngs: nnx.Rngs):
+        self.heads = build_heads(config, text_dim, rngs)
         o = config.optim
         self.opt = nnx.Optimizer(self.heads, optax.adamw(o.lr, weight_decay=o.weight_decay), wrt=nnx.Param)
 

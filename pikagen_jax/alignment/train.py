@@ -1,8 +1,10 @@
 """`train_and_evaluate` for the sprite-caption alignment encoder (configs/alignment.py).
 
-Trains on the `train` split only (the encoder must never see the validation or test sprites it later scores),
-keeps the best checkpoint by validation R-precision of the real sprites, and writes `results.json`: the real
-sprites' own R-precision on every evaluation split — the ceiling generated sprites are compared with.
+Trains on the `train` split only (the encoder must never see the validation or test sprites it later scores):
+the frozen networks' features of `model.feature_views` augmented passes over it are extracted once
+(`alignment.features`), then the heads train on them. Keeps the best checkpoint by validation R-precision of
+the real sprites and writes `results.json`: the real sprites' own R-precision on every split — the ceiling
+generated sprites are compared with (on `train`, sprites the encoder was fitted to: an optimistic ceiling).
 """
 
 from __future__ import annotations
@@ -12,21 +14,24 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from flax import nnx
 
 from pikagen_jax import config_utils
+from pikagen_jax.alignment.features import FrozenNetworks, cached_batches, load_or_extract_train_features
 from pikagen_jax.alignment.state import AlignmentState
 from pikagen_jax.alignment.steps import make_train_step
 from pikagen_jax.metrics.alignment import r_precision
 from pikagen_jax.metrics.split_eval import dataset_splits, load_split
 from pikagen_jax.models.params import count_params
-from pikagen_jax.training.alignment_scorer import AlignmentScorer, load_alignment_scorer
+from pikagen_jax.training.alignment_scorer import AlignmentScorer, build_frozen_networks, load_alignment_scorer
 from pikagen_jax.training.loop import TrainResult, run_training
 from pikagen_jax.training.mesh import make_mesh, replicate_nodes
 
 RESULTS_FILE = "results.json"
 TRAIN_SPLIT = "train"
+FEATURE_BATCH = 32  # images per frozen-feature batch (Inception at 299 px: memory, not speed, sets it)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -37,6 +42,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.data.augment.color_jitter:
         raise ValueError("data.augment.color_jitter=True would teach the encoder to ignore colour, which captions "
                          "name: set --config.data.augment.color_jitter=False")
+    if config.model.feature_views < 1:
+        raise ValueError(f"model.feature_views={config.model.feature_views}: use at least 1 augmented pass")
 
 
 def real_r_precision(scorer: AlignmentScorer, config: ml_collections.ConfigDict, split: str,
@@ -48,30 +55,58 @@ def real_r_precision(scorer: AlignmentScorer, config: ml_collections.ConfigDict,
     return r_precision(image_emb, text_emb, candidates=candidates, seed=config.seed)
 
 
+def _split_features(frozen: FrozenNetworks, config: ml_collections.ConfigDict, split: str
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen features of a split's sprites (unaugmented) and their original captions."""
+    data = load_split(config, split, FEATURE_BATCH)
+    images, texts = [], []
+    for start in range(0, len(data.images), FEATURE_BATCH):
+        chunk = slice(start, start + FEATURE_BATCH)
+        image, text = frozen(data.images[chunk], data.token_ids[chunk], data.attention_mask[chunk])
+        images.append(image)
+        texts.append(text)
+    return np.concatenate(images), np.concatenate(texts)
+
+
+def _extraction_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    copy = ml_collections.ConfigDict(config.to_dict())
+    copy.train.batch_size = FEATURE_BATCH
+    return copy
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-    """Trains the heads for `train.num_steps`, evaluating val R-precision every `eval.every_steps`."""
+    """Extracts (or reuses) the frozen features, trains the heads for `train.num_steps`, evaluating val
+    R-precision every `eval.every_steps`, and writes the real sprites' R-precision per split."""
     workdir = Path(workdir)
     config_utils.validate_common(config, jax.device_count())
     validate_config(config)
     mesh = make_mesh()
-    state = AlignmentState(config, rngs=nnx.Rngs(config.seed))
+    inception, backbone = build_frozen_networks(config)
+    frozen = FrozenNetworks(inception, backbone)
+    state = AlignmentState(config, backbone.config.hidden_size, rngs=nnx.Rngs(config.seed))
     logging.info("alignment heads: %d parameters (Inception-v3 and the %s text backbone frozen)",
                  count_params(state.heads), config.text.checkpoint)
     replicate_nodes(mesh, state)
-    scorer = AlignmentScorer(config, state.inception, state.backbone, state.heads, step=0)
+    cache = load_or_extract_train_features(_extraction_config(config), frozen, workdir)
+    val_images, val_texts = _split_features(frozen, config, "val")
+    embed = nnx.jit(lambda heads, image, text: (heads.embed_images(image), heads.embed_texts(text)))
 
     def eval_fn(step: int) -> dict[str, float]:
-        result = real_r_precision(scorer, config, "val", config.eval.candidates)
+        image_emb, text_emb = embed(state.heads, val_images, val_texts)
+        result = r_precision(np.asarray(image_emb), np.asarray(text_emb), candidates=config.eval.candidates,
+                             seed=config.seed)
         return {"val_r_precision_top1": result["r_precision_top1"], "val_r_precision_top5": result["r_precision_top5"]}
 
     result = run_training(config, workdir, mesh=mesh, nodes=state.checkpoint_items(),
-                          train_step=make_train_step(state, config, mesh), eval_fn=eval_fn)
-    best = load_alignment_scorer(workdir)
-    report = {"step": best.step, "splits": {}}
-    for split in [s for s in ("val", "test", "test_intra") if s in dataset_splits(config)]:
-        report["splits"][split] = real_r_precision(best, config, split, config.eval.candidates)
-        logging.info("real %s sprites: R-precision top-1 %.3f, top-5 %.3f among %d (chance %.3f)", split,
-                     report["splits"][split]["r_precision_top1"], report["splits"][split]["r_precision_top5"],
-                     report["splits"][split]["candidates"], report["splits"][split]["chance_top1"])
-    (workdir / RESULTS_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+                          train_step=make_train_step(state, config, mesh), eval_fn=eval_fn,
+                          train_iterator=cached_batches(cache, config.train.batch_size, config.seed))
+    if jax.process_index() == 0:
+        best = load_alignment_scorer(workdir)
+        report = {"step": best.step, "feature_pairs": len(cache), "splits": {}}
+        for split in [s for s in ("val", "test", "test_intra", TRAIN_SPLIT) if s in dataset_splits(config)]:
+            report["splits"][split] = real_r_precision(best, config, split, config.eval.candidates)
+            logging.info("real %s sprites: R-precision top-1 %.3f, top-5 %.3f among %d (chance %.3f)", split,
+                         report["splits"][split]["r_precision_top1"], report["splits"][split]["r_precision_top5"],
+                         report["splits"][split]["candidates"], report["splits"][split]["chance_top1"])
+        (workdir / RESULTS_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return result

@@ -7,7 +7,7 @@ discriminator, so a data-starved D cannot memorise the few real sprites and G st
 
 Per sample: brightness + U(-0.5, 0.5), saturation x U(0, 2), contrast x U(0.5, 1.5) (`color`); an integer shift
 of up to 1/8 of the size in each direction (`translation`); a zeroed square of 1/5 of the size (`cutout`) — the
-paper's policies and ranges. `strength` scales every range (0 = the identity, 1 = the paper's). Translation fills
+paper's policies with the ranges Projected GANs use (the DiffAugment paper's cutout is 1/2 of the size). `strength` scales every range (0 = the identity, 1 = the paper's). Translation fills
 with white, the sprites' background (the paper pads with zeros); cutout zeroes as in the paper.
 """
 

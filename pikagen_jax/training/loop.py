@@ -16,7 +16,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import jax
 import ml_collections
@@ -55,9 +55,12 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
                  nodes: Mapping[str, Any], train_step: Callable[[dict, int], Metrics],
                  sample_fn: Callable[[int, Any], None] | None = None,
                  eval_fn: Callable[[int], dict[str, float]] | None = None,
-                 stop_fn: Callable[[int], str | None] | None = None) -> TrainResult:
+                 stop_fn: Callable[[int], str | None] | None = None,
+                 train_iterator: Iterator[dict] | None = None) -> TrainResult:
     """Runs `config.train.num_steps` steps, resuming from the latest checkpoint in `workdir`.
 
+    Batches come from `make_train_loader(config)`, or from `train_iterator` (any iterator with Grain's
+    `get_state` / `set_state`, checkpointed alike).
     Samples every `train.sample_every` steps (`sample_fn(step, writer)`), evaluates every
     `eval.every_steps` (`eval_fn(step)`; the best checkpoint is kept by `checkpoint.best_metric`),
     checkpoints every `checkpoint.every_steps` and at the end. Non-finite metrics stop the run or are
@@ -72,7 +75,7 @@ def run_training(config: ml_collections.ConfigDict, workdir: str | Path, *, mesh
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
         return _run_training(config, workdir, mesh=mesh, nodes=nodes, train_step=train_step, sample_fn=sample_fn,
-                             eval_fn=eval_fn, stop_fn=stop_fn)
+                             eval_fn=eval_fn, stop_fn=stop_fn, train_iterator=train_iterator)
 
 
 def check_writable(workdir: Path) -> None:
@@ -100,12 +103,12 @@ def _save(checkpointer: checkpointing.Checkpointer, policy: str, *args, **kwargs
 def _run_training(config: ml_collections.ConfigDict, workdir: Path, *, mesh: Mesh, nodes: Mapping[str, Any],
                   train_step: Callable[[dict, int], Metrics], sample_fn: Callable[[int, Any], None] | None,
                   eval_fn: Callable[[int], dict[str, float]] | None,
-                  stop_fn: Callable[[int], str | None] | None) -> TrainResult:
+                  stop_fn: Callable[[int], str | None] | None, train_iterator: Iterator[dict] | None) -> TrainResult:
     writer = train_logging.create_writer(workdir)
     train_logging.write_hparams(writer, config)
     checkpointer = checkpointing.Checkpointer.from_config(workdir, config)
     save_policy = config.checkpoint.get("on_save_error", "stop") if "checkpoint" in config else "stop"
-    iterator = iter(make_train_loader(config))
+    iterator = iter(make_train_loader(config)) if train_iterator is None else train_iterator
     replicate_nodes(mesh, *nodes.values())  # restored arrays take these (replicated) shardings
     start_step = checkpointer.restore_latest_into(dict(nodes), data_iterator=iterator)
     num_steps = int(config.train.num_steps)

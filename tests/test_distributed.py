@@ -155,13 +155,19 @@ def test_a_killed_process_stops_the_other_with_an_error_and_both_resume(small_da
                    "train.log_every=1")
     procs = [_start(args, ONE_DEVICE, process_id=i, port=port, timeout=60) for i in (0, 1)]
     try:
+        seen = []
         for line in procs[0].stdout:
+            seen.append(line)
             if "step 3/" in line:
                 break
+        else:
+            pytest.fail("process 0 stopped before step 3:\n" + "".join(seen[-40:]))
         procs[1].send_signal(signal.SIGKILL)
         started = time.monotonic()
         code, text = _finish([procs[0]], 180)[0]
         assert code != 0 and time.monotonic() - started < 150, text[-2000:]
+        # XLA's coordination service ends the survivor (an abort, not a Python exception) and says why
+        assert "heartbeat timeout" in text or "another task died" in text, text[-3000:]
     finally:
         for proc in procs:
             proc.kill()
@@ -183,6 +189,6 @@ def test_bad_distributed_settings_are_one_line_on_every_process(small_data, tmp_
     odd_batch = _finish([_start(_launch("configs/gan.py:smoke", tmp_path, small_data, "train.batch_size=3"),
                                 ONE_DEVICE, process_id=i, port=port) for i in (0, 1)], 300)
     for (code, text), message in ((unreachable[0], "could not join the multi-process run"),
-                                  (odd_batch[0], "not divisible by the 2 processes"),
-                                  (odd_batch[1], "not divisible by the 2 processes")):
+                                  (odd_batch[0], "train.batch_size=3 is not divisible by the 2"),
+                                  (odd_batch[1], "train.batch_size=3 is not divisible by the 2")):
         assert code == 2 and message in text and "Traceback" not in text, text[-2000:]

@@ -25,6 +25,7 @@ from flax import nnx
 
 from pikagen_jax.l1.state import L1State, loss_needs_clip
 from pikagen_jax.losses.l1_clip import clip_loss, l1_loss
+from pikagen_jax.training.distributed import local_copy
 from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_state
 from pikagen_jax.training.jitted_step import make_jitted_step
 from pikagen_jax.training.mesh import Mesh, pad_batch, shard_batch
@@ -158,9 +159,15 @@ class Predictor:
             raise ValueError(f"evaluation batch of {n} exceeds the Predictor's batch size {self.batch_size}")
         arrays = {k: np.asarray(batch[k]) for k in ("image", "token_ids", "attention_mask")}
         padded, _ = pad_batch(arrays, self.batch_size)
-        sharded = shard_batch(padded, self.mesh)
         z = eval_noise(self.seed, batch_index, self.batch_size, self.model.config.z_dim)
-        pred, per_example = self._predict(nnx.state(self.model), sharded["token_ids"], sharded["attention_mask"], z,
-                                          sharded["image"])
+        variables = nnx.state(self.model)
+        if jax.process_count() > 1:
+            # every process predicts the whole (small) batch on its own device from its copy of the replicated
+            # weights, so all of them compute the same metric (and the same best-checkpoint decision)
+            variables, inputs = local_copy(variables), padded
+        else:
+            inputs = shard_batch(padded, self.mesh)
+        pred, per_example = self._predict(variables, inputs["token_ids"], inputs["attention_mask"], z,
+                                          inputs["image"])
         pred, per_example = jax.device_get((pred, per_example))
         return np.asarray(pred)[:n], np.asarray(per_example)[:n]

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import socket
+import time
 from typing import Any
 
 import jax
@@ -100,6 +102,25 @@ def check(settings: DistributedSettings) -> None:
                                     f"(--num_processes={settings.num_processes})")
 
 
+def wait_for_coordinator(address: str, timeout_seconds: float) -> None:
+    """Waits until process 0's coordinator accepts a TCP connection. XLA aborts the whole process (no Python
+    exception) when it cannot reach the coordinator, so the other processes check first and fail with one line."""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise DistributedSetupError(
+                    f"could not join the multi-process run: process 0's coordinator at {address} did not answer "
+                    f"within {timeout_seconds:g} s ({error.strerror or error}). Start process 0 with the same "
+                    "--coordinator_address (its own host:port, reachable from every process) and --num_processes, "
+                    "or raise --distributed_timeout") from error
+            time.sleep(0.5)
+
+
 def initialize(settings: DistributedSettings) -> str:
     """Starts `jax.distributed` if asked or under a cluster; returns what was done (for the log)."""
     cluster = detected_cluster()
@@ -114,6 +135,8 @@ def initialize(settings: DistributedSettings) -> str:
             return "single process"
         kwargs.update(coordinator_address=settings.coordinator_address, num_processes=settings.num_processes,
                       process_id=settings.process_id)
+        if settings.process_id != 0:
+            wait_for_coordinator(settings.coordinator_address, settings.timeout_seconds)
     try:
         jax.distributed.initialize(**kwargs)
     except Exception as error:  # noqa: BLE001  (deadline exceeded, connection refused, bad topology ...)

@@ -118,9 +118,27 @@ def pad_batch(batch: Mapping[str, Any], multiple: int) -> tuple[dict[str, np.nda
     return padded, np.arange(target) < size
 
 
+def _replicate_leaf(leaf: Any, sharding: NamedSharding) -> Any:
+    """One leaf onto a sharding that spans other processes' devices too: every process holds the same value
+    (same seed, same checkpoint), so each builds its own devices' copies from its host copy."""
+    if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+        return leaf
+    if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        data = _replicate_leaf(jax.random.key_data(leaf), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def replicate_tree(tree: Any, mesh: Mesh) -> Any:
-    """`jax.device_put` of a pytree (e.g. an `nnx.State`) with a full copy on every device."""
-    return jax.device_put(tree, replicated(mesh))
+    """`jax.device_put` of a pytree (e.g. an `nnx.State`) with a full copy on every device.
+
+    With several processes the mesh has devices this process cannot address, which `device_put` refuses; the
+    copies are then built per process from the (identical) host values."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda leaf: _replicate_leaf(leaf, sharding), tree)
 
 
 def replicate_nodes(mesh: Mesh, *nodes: Any) -> None:

@@ -1,7 +1,7 @@
 r"""Quality per CPU-minute: GAN recipes trained for the same wall-clock budget, one after the other, then evaluated.
 
-    python bench/quality_at_budget.py --minutes=60 --recipe=cpu_dfgan=configs/gan.py:cpu_dfgan \
-        --recipe=cpu=configs/gan.py:cpu --out=workdirs/quality --benchmarks_md=BENCHMARKS.md
+    python bench/quality_at_budget.py --minutes=60 --recipe=cpu=configs/gan.py:cpu \
+        --recipe=cpu_projected=configs/gan.py:cpu_projected --out=workdirs/quality --benchmarks_md=BENCHMARKS.md
 
 A recipe is `name=configs/<file>.py[:preset][,key=value...]` (config overrides after commas). Each is trained
 by `launch.py` into `<out>/<name>` with `--config.train.max_minutes=<minutes>` (compile time included) on the
@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-DEFAULT_RECIPES = ("cpu_dfgan=configs/gan.py:cpu_dfgan", "cpu=configs/gan.py:cpu")
+DEFAULT_RECIPES = ("cpu=configs/gan.py:cpu", "cpu_projected=configs/gan.py:cpu_projected")
 DEFAULT_DATASET = "kaggle-splits_seed000_split"
 INTRA_SPLIT = "train"
 
@@ -98,7 +98,7 @@ def markdown_rows(results: dict, splits: list[str]) -> list[str]:
     with_alignment = any("alignment" in r.get(s, {}) for r in results["recipes"].values() for s in splits)
     if with_alignment:
         header += " | novel-class R-precision top-1 | colour agreement"
-    lines = [header + " |", "|---" * (header.count("|") - 1) + "|"]
+    lines = [header + " |", "|---" * header.count("|") + "|"]
     for name, r in results["recipes"].items():
         cells = [name, f"`{r['config']}`" + (f" + `{','.join(r['overrides'])}`" if r["overrides"] else ""),
                  str(r["steps"]), f"{r['seconds_per_step']:.2f}"]

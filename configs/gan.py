@@ -4,9 +4,10 @@ Train (defaults = seed 002: 128 px, batch 64, MiniLM text encoder with partial f
     python launch.py --config=configs/gan.py --workdir=workdirs/gan
 Presets, picked after a colon:
     --config=configs/gan.py:smoke   seconds on a 2-core CPU (tiny random text encoder, 64 px); used by tests
-    --config=configs/gan.py:cpu     64 px, batch 16, half widths, frozen MiniLM, projected D on frozen
-                                    EfficientNet-Lite0 features + DiffAugment: ~1.3 s/step on 2 CPU cores
-    --config=configs/gan.py:cpu_dfgan  the same with seed 002's spectral-norm D + MA-GP (the earlier recipe)
+    --config=configs/gan.py:cpu     64 px, batch 16, half widths, frozen MiniLM, seed 002's spectral-norm D +
+                                    MA-GP: ~1.5 s/step on 2 CPU cores; the best recipe at 30 min (BENCHMARKS.md)
+    --config=configs/gan.py:cpu_projected  the same with a projected D on frozen EfficientNet-Lite0 features +
+                                    DiffAugment: ~1.6 s/step; better at 12 min, worse at 30 min
 Any field can be overridden, e.g. --config.train.batch_size=8 --config.data.image_size=64;
 an unknown key is an error.
 """
@@ -99,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.update({"batch_size": 4, "num_steps": 4, "log_every": 2, "sample_every": 4,
                              "num_sample_prompts": 4})
         config.checkpoint.update({"every_steps": 2, "max_to_keep": 2})
-    elif preset in ("cpu", "cpu_dfgan"):
+    elif preset in ("cpu", "cpu_projected"):
         # The 2-core CPU recipes: 64 px, half the seed's widths, frozen MiniLM (its heads still train), batch 16.
         config.data.image_size = 64
         config.text.finetune = "none"
@@ -107,12 +108,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.update({"gen_channels": 16, "disc_channels": 16, "max_channels": 128})
         config.train.update({"batch_size": 16, "num_steps": 3000, "log_every": 25, "sample_every": 250})
         config.checkpoint.every_steps = 250
-        if preset == "cpu":
-            # the data-efficient recipe (BENCHMARKS.md): projected D on frozen EfficientNet-Lite0 features at
-            # 128 px + DiffAugment on everything D sees; no MA-GP
+        if preset == "cpu_projected":
+            # the data-efficient recipe of Projected GANs: D on frozen EfficientNet-Lite0 features at 128 px +
+            # DiffAugment on everything D sees; no MA-GP. Ahead at 12 min, behind `cpu` at 30 (BENCHMARKS.md)
             config.model.discriminator = "projected"
             config.train.diffaugment = "color,translation,cutout"
     elif preset:
-        raise ValueError(f"unknown preset {preset!r} for configs/gan.py; use '', 'smoke', 'cpu' or 'cpu_dfgan'")
+        raise ValueError(f"unknown preset {preset!r} for configs/gan.py; use '', 'smoke', 'cpu' or 'cpu_projected'")
     config.lock()
     return config

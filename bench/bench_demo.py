@@ -87,7 +87,9 @@ def screenshot(url: str, path: Path) -> None:
             page.goto(url, timeout=60_000)
             page.locator("#prompt textarea").fill(PROMPT)
             page.locator("#generate").click()
+            page.locator("#grid img").wait_for(state="visible", timeout=60_000)
             page.locator("#status").get_by_text("sprite(s) in").wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)  # let the images finish loading
             page.screenshot(path=str(path), full_page=True)
         finally:
             browser.close()

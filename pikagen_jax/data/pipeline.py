@@ -43,8 +43,8 @@ def open_split(data_dir: str | Path, dataset: str, split: str):
 
     builder = tfds.builder_from_directory(str(dataset_dir(data_dir, dataset)))
     if split not in builder.info.splits:
-        raise SplitNotFoundError(f"split {split!r} is not in dataset {dataset!r} (it has {list(builder.info.splits)}); "
-                         "empty splits are not written: see the build summary")
+        raise SplitNotFoundError(f"split {split!r} is not in dataset {dataset!r} (it has "
+                                 f"{list(builder.info.splits)}); empty splits are not written: see the build summary")
     return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
 

@@ -156,7 +156,7 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
                     "step": int(sampler.step), "checkpoint": "best" if best else ("step" if step is not None else "latest"),
                     "description": sampler.description, "items": sorted(sampler.nodes),
                     "created": time.strftime("%Y-%m-%d %H:%M"), "source_workdir": str(workdir),
-                    "text_checkpoint": config.text.checkpoint if "text" in config else None,
+                    "text_checkpoint": config.text.get("checkpoint") if "text" in config else None,
                     "config": json.loads(config.to_json_best_effort())}
         (tmp / MODEL_JSON).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         grid = _sample_grid(workdir)

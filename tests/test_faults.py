@@ -270,22 +270,56 @@ def test_a_second_run_on_the_same_workdir_is_refused_and_a_killed_holder_taken_o
     assert third.returncode == 0 and "taking over the stale lock" in third.stderr, third.stderr[-3000:]
 
 
+def _reachable_by_others(executable: str) -> bool:
+    """Whether a user other than the owner can run `executable` (every parent directory searchable by others)."""
+    path = Path(os.path.realpath(executable))
+    return all(parent.stat().st_mode & 0o001 for parent in path.parents) and bool(path.stat().st_mode & 0o001)
+
+
+@pytest.mark.slow
+def test_a_workdir_that_cannot_be_created_is_one_line(small_data, tmp_path):
+    """A workdir under a file cannot be created, even by root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {**FAST_INIT_ENV, "HOME": str(tmp_path), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(_command(blocker / "run", small_data), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "cannot create the work directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _make_immutable(path: Path, on: bool) -> bool:
+    """`chattr +i` (or `-i`): a directory even root cannot write into; False where chattr or the file system lacks it."""
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True).returncode == 0
+
+
 @pytest.mark.slow
 def test_a_read_only_workdir_is_one_line(small_data):
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="pikagen-ro-"))
+    workdir = root / "ro"
+    immutable = False
     try:
         root.chmod(0o755)
-        workdir = root / "ro"
         workdir.mkdir(mode=0o555)
         workdir.chmod(0o555)
-        # root ignores permissions: run as nobody (the check fires before any data is read)
-        preexec = (lambda: (os.setgid(65534), os.setuid(65534))) if os.geteuid() == 0 else None
+        preexec = None
+        if os.geteuid() == 0:  # root ignores permission bits: make the folder immutable, or run as nobody
+            immutable = _make_immutable(workdir, True)
+            if not immutable:
+                if not _reachable_by_others(sys.executable):
+                    pytest.skip(f"running as root without chattr, and user nobody cannot run {sys.executable}")
+                preexec = lambda: (os.setgid(65534), os.setuid(65534))  # noqa: E731
         env = {**FAST_INIT_ENV, "HOME": str(root), "JAX_COMPILATION_CACHE_DIR": str(root / "cache")}
         proc = subprocess.run(_command(workdir, small_data), cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=600, preexec_fn=preexec)
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert "not writable" in proc.stderr and "Traceback" not in proc.stderr
+        assert not any(workdir.iterdir())
     finally:
+        if immutable:
+            _make_immutable(workdir, False)
         shutil.rmtree(root, ignore_errors=True)

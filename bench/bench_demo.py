@@ -19,6 +19,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.report import append_markdown, command_line  # noqa: E402
+
 PROMPT = "A small blue turtle with a hard shell. It sprays water from its mouth."
 
 
@@ -122,11 +126,9 @@ def main(argv: list[str] | None = None) -> int:
            "of 4 sprites) |")
     print(row)
     if args.benchmarks_md:
-        command = "python bench/bench_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        with open(args.benchmarks_md, "a", encoding="utf-8") as md:
-            md.write(f"\n### Export and demo ({time.strftime('%Y-%m-%d')})\n\n`{command}`\n\n"
-                     "| run | export | model folder | demo start-up | answer after warm-up |\n|---|---|---|---|---|\n"
-                     f"{row}\n")
+        header = "| run | export | model folder | demo start-up | answer after warm-up |\n|---|---|---|---|---|\n"
+        append_markdown(args.benchmarks_md, f"Export and demo ({time.strftime('%Y-%m-%d')})",
+                        command_line(__file__, argv), header + row)
     return 0
 
 

@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.report import append_markdown, command_line  # noqa: E402
+
 SPEED = re.compile(r"step (\d+)/\d+ .*\| ([\d.]+) steps/s")
 
 
@@ -80,10 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         f"| {label} | {speed:.3f} | {speed / base:.2f}x |\n" for label, speed in rows)
     print(table)
     if args.benchmarks_md:
-        command = "python bench/bench_multiprocess.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        with open(args.benchmarks_md, "a", encoding="utf-8") as md:
-            md.write(f"\n### Multi-process ({time.strftime('%Y-%m-%d')}, `{args.config}`, batch per the config, "
-                     f"steps/s over the last {args.window} of {args.steps} steps)\n\n`{command}`\n\n{table}")
+        append_markdown(args.benchmarks_md, f"Multi-process ({time.strftime('%Y-%m-%d')}, `{args.config}`, batch per "
+                        f"the config, steps/s over the last {args.window} of {args.steps} steps)",
+                        command_line(__file__, argv), table)
     return 0
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.report import append_markdown  # noqa: E402
+
 DEFAULT_RECIPES = ("cpu=configs/gan.py:cpu", "cpu_projected=configs/gan.py:cpu_projected")
 DEFAULT_DATASET = "kaggle-splits_seed000_split"
 INTRA_SPLIT = "train"
@@ -156,9 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(markdown_rows(results, splits))
     print(table)
     if args.benchmarks_md:
-        with open(args.benchmarks_md, "a", encoding="utf-8") as md:
-            md.write(f"\nCommand: `{results['command']}` ({time.strftime('%Y-%m-%d %H:%M')}, {args.minutes:g} min "
-                     f"per recipe)\n\n{table}\n")
+        heading = f"Quality at budget ({time.strftime('%Y-%m-%d %H:%M')}, {args.minutes:g} min per recipe)"
+        append_markdown(args.benchmarks_md, heading, results["command"], table)
     return 0
 
 

@@ -40,3 +40,15 @@ def test_markdown_reports_a_skipped_case_and_the_ratios():
     text = bench.markdown(report)
     assert "skipped: our compiled step needs 30.0 GiB" in text
     assert "**4.00**" in text and "200 (200 %)" in text  # 10 / 2.5 img/s; 200 GFLOP / 1 s vs a 100 GFLOP/s peak
+
+
+def test_report_appends_heading_command_and_table(tmp_path):
+    from bench.report import append_markdown, command_line
+
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n")
+    command = command_line("/somewhere/bench/bench_demo.py", ["--minutes=5", "--out=x.json"])
+    assert command == "python bench/bench_demo.py --minutes=5 --out=x.json"
+    append_markdown(md, "Demo (2026-12-05)", command, "| a | b |\n|---|---|\n| 1 | 2 |\n\n")
+    assert md.read_text() == ("# Benchmarks\n\n### Demo (2026-12-05)\n\n`python bench/bench_demo.py --minutes=5 "
+                              "--out=x.json`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")

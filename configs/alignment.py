@@ -4,7 +4,8 @@ Train (on the train split only; a few minutes on 2 CPU cores, most of it extract
 then pass it to evaluate for R-precision:
     python launch.py --config=configs/alignment.py --workdir=workdirs/alignment
     python -m pikagen_jax.evaluate --workdir=workdirs/gan64 --alignment_workdir=workdirs/alignment
-Presets: `:smoke` (a tiny random text backbone, 4 steps; used by tests).
+Presets: `:pokeapi` (also trains on the PokeAPI builds: every flavour text, art and pixel sprites, and species 899+;
+build them first, see docs/evaluation.md), `:smoke` (a tiny random text backbone, 4 steps; used by tests).
 Frozen: the FID Inception-v3's pool3 features of each sprite (offline fid-helper weights) and the masked mean of
 the MiniLM token states of its caption, extracted once for `model.feature_views` augmented passes over the train
 split (cached in the workdir); trained: two MLP heads into a 256-wide space, InfoNCE loss.
@@ -27,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # geometric augmentations only: colour jitter would teach the encoder to ignore the colours captions name
     config.data.augment.update({"hflip": True, "affine": True, "color_jitter": False})
     config.data.captions.update({"original": 0.7, "paraphrase": 0.0, "enriched": 0.3})
+    # more (sprite, caption) pairs from other built datasets, comma-separated; the species data.dataset holds out
+    # for validation and test are left out of them (alignment.features.extract_extra_features)
+    config.data.extra_datasets = ""
     config.text.backbone = "bert"
     config.text.checkpoint = "minilm"
     config.text.max_length = 64
@@ -45,7 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.update({"every_steps": 500, "best_metric": "val_r_precision_top1", "best_mode": "max"})
 
     preset = (arg or "").strip()
-    if preset == "smoke":
+    if preset == "pokeapi":
+        config.data.extra_datasets = "pokeapi-sprites96_art,pokeapi"
+    elif preset == "smoke":
         config.data.worker_count = 0
         config.text.update({"checkpoint": "tiny", "max_length": 16})
         config.model.update({"embed_dim": 16, "hidden": 32, "feature_views": 1})
@@ -53,6 +59,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.update({"every_steps": 2})
         config.checkpoint.update({"every_steps": 2, "max_to_keep": 2})
     elif preset:
-        raise ValueError(f"unknown preset {preset!r} for configs/alignment.py; use '' or 'smoke'")
+        raise ValueError(f"unknown preset {preset!r} for configs/alignment.py; use '', 'pokeapi' or 'smoke'")
     config.lock()
     return config

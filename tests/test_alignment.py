@@ -124,6 +124,53 @@ def test_alignment_encoder_trains_on_the_train_split_only(small_data):
             validate_config(load_config("configs/alignment.py:smoke", kaggle_overrides(small_data) + bad))
 
 
+class _PixelFeatures:
+    """A stand-in for the frozen networks: an image's 'feature' is its pixels, a caption's its token ids."""
+
+    def images(self, images, batch_size, desc=None):
+        return np.asarray(images, np.float32).reshape(len(images), -1)
+
+    def texts(self, ids, mask, batch_size):
+        return np.asarray(ids, np.float32)
+
+
+def test_extra_datasets_add_pairs_of_training_species_only(small_data):
+    from pikagen_jax.alignment.features import extract_extra_features
+    from pikagen_jax.alignment.train import validate_config
+    from pikagen_jax.data import augment
+    from pikagen_jax.data.pipeline import dataset_metadata, open_split, text_of, tokenizer_from_config
+    from pikagen_jax.errors import DatasetNotFoundError
+
+    config = load_config("configs/alignment.py:smoke",
+                         kaggle_overrides(small_data) + [f"data.extra_datasets={small_data['pokeapi']}"])
+    validate_config(config)
+    splits = dataset_metadata(small_data["data_dir"], small_data["kaggle"])["splits"]["species"]
+    held_out = set(splits["val"]) | set(splits["test"])
+    sprites, captions = {}, {}  # every sprite (and mirror image) and caption of the PokeAPI subset, by species
+    for split in dataset_metadata(small_data["data_dir"], small_data["pokeapi"])["splits"]["species"]:
+        source = open_split(small_data["data_dir"], small_data["pokeapi"], split)
+        for i in range(len(source)):
+            record = source[i]
+            image = augment.resize_to_float(augment.decode_png(record["image"]), config.data.image_size)
+            sprites.setdefault(int(record["national_number"]), []).extend([image, image[:, ::-1]])
+            captions.setdefault(int(record["national_number"]), set()).update(map(text_of, record["descriptions"]))
+    assert held_out & set(sprites), "the subsets must share held-out species, or this test proves nothing"
+
+    cache = extract_extra_features(config, _PixelFeatures())
+    kept = set(sprites) - held_out
+    assert set(cache.species.tolist()) == kept  # every training species, no validation or test species
+    tokenize = tokenizer_from_config(config)
+    wanted = sorted(tuple(row) for n in kept for row in tokenize(sorted(captions[n]))[0].astype(np.float32))
+    assert sorted(tuple(row) for row in cache.text) == wanted  # each distinct caption once
+    for image, number in zip(cache.image, cache.species):  # each paired with a sprite of its own species
+        assert any(np.array_equal(image, s.reshape(-1)) for s in sprites[int(number)])
+
+    for bad, message in ((f"data.extra_datasets={small_data['kaggle']}", "training dataset"),
+                         ("data.extra_datasets=pokeapi-sprites96_nowhere", "--sprite_folder=sprites96_nowhere")):
+        with pytest.raises((ValueError, DatasetNotFoundError), match=message):
+            validate_config(load_config("configs/alignment.py:smoke", kaggle_overrides(small_data) + [bad]))
+
+
 @pytest.fixture(scope="module")
 def alignment_run(small_data, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("alignment")

@@ -17,7 +17,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import grain
 import jax
@@ -44,7 +44,7 @@ class FeatureCache:
 
 @dataclasses.dataclass
 class FrozenNetworks:
-    """The frozen feature networks and a jitted function of both."""
+    """The frozen feature networks and jitted functions of both or of either."""
 
     inception: nnx.Module
     backbone: nnx.Module
@@ -54,11 +54,29 @@ class FrozenNetworks:
 
         self._features = nnx.jit(lambda inception, backbone, images, ids, mask: (
             inception(images), text_features(backbone, ids, mask)))
+        self._images = nnx.jit(lambda inception, images: inception(images))
+        self._texts = nnx.jit(text_features)
 
     def __call__(self, images: Any, ids: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
         image, text = self._features(self.inception, self.backbone, jnp.asarray(images), jnp.asarray(ids),
                                      jnp.asarray(mask))
         return np.asarray(image, np.float32), np.asarray(text, np.float32)
+
+    def images(self, images: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
+        """Sprites [N, H, W, 3] in [-1, 1] -> pool3 features [N, 2048], `batch_size` at a time (a progress bar
+        named `desc` if given)."""
+        from tqdm import tqdm
+
+        starts = tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
+                      disable=desc is None or jax.process_index() != 0)
+        return np.concatenate([np.asarray(self._images(self.inception, jnp.asarray(images[i:i + batch_size])),
+                                          np.float32) for i in starts])
+
+    def texts(self, ids: np.ndarray, mask: np.ndarray, batch_size: int) -> np.ndarray:
+        """Tokenized captions -> masked-mean token states [N, D], `batch_size` at a time."""
+        return np.concatenate([np.asarray(self._texts(self.backbone, jnp.asarray(ids[i:i + batch_size]),
+                                                      jnp.asarray(mask[i:i + batch_size])), np.float32)
+                               for i in range(0, len(ids), batch_size)])
 
 
 def cache_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -67,7 +85,7 @@ def cache_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"dataset": data.dataset, "data_dir": str(Path(data.data_dir).resolve()), "split": data.train_split,
             "image_size": data.image_size, "augment": data.augment.to_dict(), "captions": data.captions.to_dict(),
             "text": config.text.to_dict(), "inception": config.model.inception, "views": config.model.feature_views,
-            "seed": config.seed}
+            "seed": config.seed, "extra_datasets": extra_dataset_names(config)}
 
 
 def extract_train_features(config: ml_collections.ConfigDict, frozen: FrozenNetworks) -> FeatureCache:
@@ -91,6 +109,81 @@ def extract_train_features(config: ml_collections.ConfigDict, frozen: FrozenNetw
     return FeatureCache(np.concatenate(images), np.concatenate(texts), np.concatenate(species))
 
 
+def extra_dataset_names(config: ml_collections.ConfigDict) -> list[str]:
+    """The datasets named by `data.extra_datasets` (comma-separated; '' for none)."""
+    return [name.strip() for name in str(config.data.get("extra_datasets", "") or "").split(",") if name.strip()]
+
+
+def _records(data_dir: str, dataset: str, splits: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Every raw record of the named splits of a built dataset (splits the build left empty are not written)."""
+    from pikagen_jax.data.pipeline import open_split
+    from pikagen_jax.errors import SplitNotFoundError
+
+    for split in splits:
+        try:
+            source = open_split(data_dir, dataset, split)
+        except SplitNotFoundError:
+            continue
+        yield from (source[i] for i in range(len(source)))
+
+
+def held_out(config: ml_collections.ConfigDict) -> tuple[set[int], set[str]]:
+    """What `data.dataset` keeps from training, which the encoder later scores: the species of no training record
+    (validation and test species) and the captions of its other splits (e.g. test_intra's held-out captions)."""
+    from pikagen_jax.data.pipeline import dataset_metadata, text_of
+
+    splits = dataset_metadata(config.data.data_dir, config.data.dataset)["splits"]["species"]
+    train = {int(n) for n in splits.get(config.data.train_split, [])}
+    species = {int(n) for numbers in splits.values() for n in numbers} - train
+    others = [split for split in splits if split != config.data.train_split]
+    captions = {text_of(t) for record in _records(config.data.data_dir, config.data.dataset, others)
+                for t in record["descriptions"]}
+    return species, captions
+
+
+def extract_extra_features(config: ml_collections.ConfigDict, frozen: FrozenNetworks) -> FeatureCache:
+    """Pairs from the `data.extra_datasets` (e.g. the PokeAPI builds: several flavour texts per species, other
+    sprite styles, species no Kaggle split has), all their splits, leaving out every species `data.dataset` holds
+    out and its held-out captions (`held_out`).
+
+    Each species' sprites (and their mirror images) and distinct captions are pooled over the extra datasets;
+    every caption is paired with one of its species' sprites drawn at random (seeded by `config.seed`)."""
+    from pikagen_jax.data import augment
+    from pikagen_jax.data.pipeline import dataset_metadata, text_of, tokenizer_from_config
+
+    held_species, held_captions = held_out(config)
+    sprites: dict[tuple[str, int], np.ndarray] = {}
+    captions: dict[int, list[str]] = {}
+    for name in extra_dataset_names(config):
+        splits = dataset_metadata(config.data.data_dir, name)["splits"]["species"]
+        for record in _records(config.data.data_dir, name, splits):
+            number = int(record["national_number"])
+            if number in held_species:
+                continue
+            texts = captions.setdefault(number, [])
+            texts += [t for t in map(text_of, record["descriptions"]) if t not in texts and t not in held_captions]
+            if (name, number) not in sprites:
+                sprites[(name, number)] = augment.resize_to_float(augment.decode_png(record["image"]),
+                                                                  config.data.image_size)
+    if not sprites:
+        raise ValueError(f"data.extra_datasets={config.data.extra_datasets!r} holds no species that "
+                         f"{config.data.dataset!r} does not hold out")
+    batch = int(config.train.batch_size)
+    species = np.asarray([number for _, number in sprites for _ in range(2)], np.int32)
+    pixels = np.stack([view for image in sprites.values() for view in (image, image[:, ::-1])]).astype(np.float32)
+    logging.info("alignment features: %d extra sprites (with mirror images) and %d captions of %d species from %s",
+                 len(pixels), sum(map(len, captions.values())), len(captions), ", ".join(extra_dataset_names(config)))
+    image_features = frozen.images(pixels, batch, desc="alignment features of the extra sprites (frozen Inception)")
+    pictured = set(species.tolist())
+    pairs = [(number, text) for number, texts in sorted(captions.items()) if number in pictured for text in texts]
+    ids, mask = tokenizer_from_config(config)([text for _, text in pairs])
+    text_features = frozen.texts(ids, mask, batch)
+    rng = np.random.default_rng(config.seed)
+    rows_of = {int(n): np.nonzero(species == n)[0] for n in np.unique(species)}
+    chosen = np.asarray([rng.choice(rows_of[number]) for number, _ in pairs])
+    return FeatureCache(image_features[chosen], text_features, species[chosen])
+
+
 def load_or_extract_train_features(config: ml_collections.ConfigDict, frozen: FrozenNetworks,
                                    workdir: Path) -> FeatureCache:
     """The workdir's cache if it was made from this config, else extracted and written (atomically)."""
@@ -106,6 +199,10 @@ def load_or_extract_train_features(config: ml_collections.ConfigDict, frozen: Fr
         except (OSError, ValueError, KeyError) as error:
             logging.warning("the feature cache %s is unreadable (%s): extracting again", path, error)
     cache = extract_train_features(config, frozen)
+    if extra_dataset_names(config):
+        extra = extract_extra_features(config, frozen)
+        cache = FeatureCache(*(np.concatenate([getattr(cache, f), getattr(extra, f)])
+                               for f in ("image", "text", "species")))
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial.npz")

@@ -19,9 +19,16 @@ from absl import logging
 from flax import nnx
 
 from pikagen_jax import config_utils
-from pikagen_jax.alignment.features import FrozenNetworks, cached_batches, load_or_extract_train_features
+from pikagen_jax.alignment.features import (
+    FrozenNetworks,
+    cached_batches,
+    extra_dataset_names,
+    load_or_extract_train_features,
+)
 from pikagen_jax.alignment.state import AlignmentState
 from pikagen_jax.alignment.steps import make_train_step
+from pikagen_jax.data.pipeline import dataset_dir
+from pikagen_jax.errors import DatasetNotFoundError
 from pikagen_jax.metrics.alignment import r_precision
 from pikagen_jax.metrics.split_eval import dataset_splits, load_split
 from pikagen_jax.models.params import count_params
@@ -42,6 +49,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.data.augment.color_jitter:
         raise ValueError("data.augment.color_jitter=True would teach the encoder to ignore colour, which captions "
                          "name: set --config.data.augment.color_jitter=False")
+    for name in extra_dataset_names(config):
+        if name == config.data.dataset:
+            raise ValueError(f"data.extra_datasets names the training dataset {name!r} itself")
+        try:
+            dataset_dir(config.data.data_dir, name)
+        except DatasetNotFoundError as error:
+            folder = name.split("-", 1)[1] if name.startswith("pokeapi-") else None
+            raise DatasetNotFoundError(
+                f"data.extra_datasets names {name!r}, which is not built in {config.data.data_dir}: build it with "
+                f"`python -m data_prep.build --source={name.split('-')[0]} --source_dir=<its source folder>"
+                + (f" --sprite_folder={folder}" if folder else "") + f" --data_dir={config.data.data_dir}`"
+                " or leave it out of data.extra_datasets") from error
     if config.model.feature_views < 1:
         raise ValueError(f"model.feature_views={config.model.feature_views}: use at least 1 augmented pass")
 

@@ -55,7 +55,8 @@ def dataset_metadata(data_dir: str | Path, dataset: str) -> dict[str, Any]:
     return json.loads((dataset_dir(data_dir, dataset) / "metadata.json").read_text())
 
 
-def _text(value) -> str:
+def text_of(value) -> str:
+    """A record's caption field (bytes from the shards, or str) as text."""
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
@@ -75,12 +76,12 @@ class CaptionPolicy:
                              f"to 1, got {probs}")
 
     def choose(self, record: dict, rng: np.random.Generator) -> str:
-        descriptions = [_text(d) for d in record["descriptions"]]
+        descriptions = [text_of(d) for d in record["descriptions"]]
         kind = rng.choice(3, p=[self.original, self.paraphrase, self.enriched])
         if kind == 1 and len(descriptions) > 1:
             return descriptions[1 + int(rng.integers(len(descriptions) - 1))]
         if kind == 2:
-            return _text(record["enriched_descriptions"][0])
+            return text_of(record["enriched_descriptions"][0])
         return descriptions[0]
 
 
@@ -123,7 +124,7 @@ class EvalTransform(grain.transforms.Map):
 
     def map(self, record: dict) -> dict:
         key = "enriched_descriptions" if self.enriched else "descriptions"
-        caption = _text(record[key][0])
+        caption = text_of(record[key][0])
         ids, mask = self.tokenizer([caption])
         return {"image": augment.resize_to_float(augment.decode_png(record["image"]), self.image_size),
                 "token_ids": ids[0], "attention_mask": mask[0],

@@ -32,14 +32,16 @@ def make_kaggle_subset(dest: Path, n: int = 40) -> Path:
 
 
 def make_pokeapi_subset(dest: Path, n: int = 40) -> Path:
-    """Copies the first n JSONL rows and their pixel sprites into dest."""
+    """Copies the first n JSONL rows and their pixel and art sprites into dest."""
     require_shared_data()
-    (dest / "sprites96_pixel").mkdir(parents=True, exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     rows = (POKEAPI / "pokeapi_species_en.jsonl").read_text(encoding="utf-8").splitlines()[:n]
     (dest / "pokeapi_species_en.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    for row in rows:
-        number = json.loads(row)["national_number"]
-        shutil.copy(POKEAPI / "sprites96_pixel" / f"{number:04d}.png", dest / "sprites96_pixel" / f"{number:04d}.png")
+    for folder in ("sprites96_pixel", "sprites96_art"):
+        (dest / folder).mkdir(parents=True, exist_ok=True)
+        for row in rows:
+            name = f"{json.loads(row)['national_number']:04d}.png"
+            shutil.copy(POKEAPI / folder / name, dest / folder / name)
     return dest
 
 

@@ -37,10 +37,10 @@ def make_pokeapi_subset(dest: Path, n: int = 40) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     rows = (POKEAPI / "pokeapi_species_en.jsonl").read_text(encoding="utf-8").splitlines()[:n]
     (dest / "pokeapi_species_en.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    names = [f"{json.loads(row)['national_number']:04d}.png" for row in rows]
     for folder in ("sprites96_pixel", "sprites96_art"):
         (dest / folder).mkdir(parents=True, exist_ok=True)
-        for row in rows:
-            name = f"{json.loads(row)['national_number']:04d}.png"
+        for name in names:
             shutil.copy(POKEAPI / folder / name, dest / folder / name)
     return dest
 

@@ -19,13 +19,12 @@ import dataclasses
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.conftest import REPO
+from tests.localhost import free_port, wait_until_listening
 
 DOC_PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip:\s*(.+?)\s*-->")
@@ -153,12 +152,6 @@ def config_overrides(words: list[str]) -> list[str]:
     return [word[len("--config."):] for word in words if word.startswith("--config.")]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclasses.dataclass
 class Sandbox:
     """Where one page's commands run: a temporary root, the small datasets and the test interpreter."""
@@ -272,15 +265,10 @@ class Sandbox:
         argv = [*argv, f"{SERVERS[program(command.words)]}={port}"]
         server = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if server.poll() is not None:
-                    raise AssertionError(f"{command.where}: `{command.text}` exited:\n{server.stdout.read()[-4000:]}")
-                try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1):
-                        return subprocess.CompletedProcess(argv, 0, "", "")
-                except OSError:
-                    time.sleep(0.5)
+            if wait_until_listening(port, timeout, server):
+                return subprocess.CompletedProcess(argv, 0, "", "")
+            if server.poll() is not None:
+                raise AssertionError(f"{command.where}: `{command.text}` exited:\n{server.stdout.read()[-4000:]}")
             raise AssertionError(f"{command.where}: `{command.text}` did not answer on port {port}")
         finally:
             server.terminate()

@@ -6,7 +6,6 @@ case starts its processes itself on a free port, bounded in time, and kills them
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ import pytest
 from pikagen_jax.training import distributed
 from tests.conftest import REPO
 from tests.launch_helpers import FAST_INIT_ENV, kaggle_overrides
+from tests.localhost import free_port
 
 ONE_DEVICE = {**FAST_INIT_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 TWO_DEVICES = {**FAST_INIT_ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _start(args: list[str], env: dict, *, process_id: int | None = None, processes: int = 2, port: int = 0,
@@ -79,7 +73,7 @@ def test_two_processes_run_the_jitted_data_parallel_step_as_one_process_with_two
     script.write_text(STEP_SCRIPT)
     ((code, single),) = _finish([_start([str(script)], TWO_DEVICES)], 120)
     assert code == 0, single[-2000:]
-    port = _port()
+    port = free_port()
     results = _finish([_start([str(script), f"port={port}", f"id={i}"], ONE_DEVICE) for i in (0, 1)], 180)
     values = []
     for code, text in results:
@@ -134,7 +128,7 @@ def test_two_processes_train_the_smoke_preset_like_one_process_with_two_devices(
     ((code, text),) = _finish([_start(_launch(f"configs/{system}.py:smoke", tmp_path / "one", small_data,
                                               *overrides), TWO_DEVICES)], 900)
     assert code == 0, text[-3000:]
-    port = _port()
+    port = free_port()
     results = _finish([_start(_launch(f"configs/{system}.py:smoke", tmp_path / "two", small_data, *overrides),
                               ONE_DEVICE, process_id=i, port=port) for i in (0, 1)], 900)
     for code, text in results:
@@ -150,7 +144,7 @@ def test_two_processes_train_the_smoke_preset_like_one_process_with_two_devices(
 
 @pytest.mark.slow
 def test_a_killed_process_stops_the_other_with_an_error_and_both_resume(small_data, tmp_path):
-    port = _port()
+    port = free_port()
     args = _launch("configs/gan.py:smoke", tmp_path, small_data, "train.num_steps=400", "checkpoint.every_steps=1",
                    "train.log_every=1")
     procs = [_start(args, ONE_DEVICE, process_id=i, port=port, timeout=60) for i in (0, 1)]
@@ -172,7 +166,7 @@ def test_a_killed_process_stops_the_other_with_an_error_and_both_resume(small_da
         for proc in procs:
             proc.kill()
             proc.wait()
-    port = _port()
+    port = free_port()
     resumed = _finish([_start(_launch("configs/gan.py:smoke", tmp_path, small_data, "train.num_steps=6",
                                       "checkpoint.every_steps=1"), ONE_DEVICE, process_id=i, port=port)
                        for i in (0, 1)], 900)
@@ -184,8 +178,8 @@ def test_a_killed_process_stops_the_other_with_an_error_and_both_resume(small_da
 @pytest.mark.slow
 def test_bad_distributed_settings_are_one_line_on_every_process(small_data, tmp_path):
     args = _launch("configs/gan.py:smoke", tmp_path, small_data)
-    unreachable = _finish([_start(args, ONE_DEVICE, process_id=1, port=_port(), timeout=10)], 120)
-    port = _port()
+    unreachable = _finish([_start(args, ONE_DEVICE, process_id=1, port=free_port(), timeout=10)], 120)
+    port = free_port()
     odd_batch = _finish([_start(_launch("configs/gan.py:smoke", tmp_path, small_data, "train.batch_size=3"),
                                 ONE_DEVICE, process_id=i, port=port) for i in (0, 1)], 300)
     for (code, text), message in ((unreachable[0], "could not join the multi-process run"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 from pikagen_jax.config_utils import load_config
 from tests.conftest import REPO
 from tests.launch_helpers import FAST_INIT_ENV, kaggle_overrides
+from tests.localhost import free_port, wait_until_listening
 
 PROMPT = "A small blue turtle with a hard shell. It sprays water from its mouth."
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -109,16 +109,10 @@ def test_bad_exports_and_bad_model_folders_are_clear_errors(gan_model, tmp_path,
 # ------------------------------------------------------------------------------------------------- the demo
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_server(gan_model):
     pytest.importorskip("gradio")
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     server = subprocess.Popen([sys.executable, "-m", "pikagen_jax.demo", f"--model={gan_model}", f"--port={port}"],
                               cwd=REPO, env=FAST_INIT_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -130,13 +124,7 @@ def demo_server(gan_model):
                 break
         else:
             pytest.fail("the demo exited before it was ready:\n" + "".join(log[-40:]))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.3)
+        assert wait_until_listening(port, 60, server), "the demo said ready but does not answer:\n" + "".join(log[-40:])
         yield {"url": f"http://127.0.0.1:{port}/", "startup": time.monotonic() - started, "log": "".join(log)}
     finally:
         server.terminate()

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.report import append_markdown  # noqa: E402
+from pikagen_jax.metrics.split_eval import format_kid  # noqa: E402
 
 DEFAULT_RECIPES = ("cpu=configs/gan.py:cpu", "cpu_projected=configs/gan.py:cpu_projected")
 DEFAULT_DATASET = "kaggle-splits_seed000_split"
@@ -106,7 +107,7 @@ def markdown_rows(results: dict, splits: list[str]) -> list[str]:
                  str(r["steps"]), f"{r['seconds_per_step']:.2f}"]
         for split in splits:
             kid = r[split]["kid"]
-            cells += [f"{kid['mean']:.4f} ± {kid['std']:.4f}", f"{r[split]['fid']:.1f}"]
+            cells += [format_kid(kid), f"{r[split]['fid']:.1f}"]
         if with_alignment:
             alignment = r["test"].get("alignment", {})
             top1 = alignment.get("r_precision_top1")
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         results["recipes"][name] = entry
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         print(f"[{name}] {steps} steps; " + "; ".join(
-            f"{s}: KID {entry[s]['kid']['mean']:.4f} ± {entry[s]['kid']['std']:.4f}, FID {entry[s]['fid']:.1f}"
+            f"{s}: KID {format_kid(entry[s]['kid'])}, FID {entry[s]['fid']:.1f}"
             for s in splits), flush=True)
     table = "\n".join(markdown_rows(results, splits))
     print(table)

@@ -47,6 +47,7 @@ from pikagen_jax.metrics.split_eval import (
     SplitData,
     compare_features,
     default_eval_splits,
+    format_kid,
     inception_tag,
     load_inception,
     load_split,
@@ -238,7 +239,7 @@ def real_vs_real(config: ml_collections.ConfigDict, split_a: str, split_b: str, 
 
 def _format(value: Any, digits: int) -> str:
     if isinstance(value, dict):
-        return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+        return format_kid(value, digits)
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return "" if value is None else str(value)

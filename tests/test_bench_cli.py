@@ -52,3 +52,20 @@ def test_report_appends_heading_command_and_table(tmp_path):
     append_markdown(md, "Demo (2026-12-05)", command, "| a | b |\n|---|---|\n| 1 | 2 |\n\n")
     assert md.read_text() == ("# Benchmarks\n\n### Demo (2026-12-05)\n\n`python bench/bench_demo.py --minutes=5 "
                               "--out=x.json`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+
+
+def test_quality_at_budget_parses_recipes_and_writes_rows():
+    from bench import quality_at_budget as quality
+
+    assert quality.parse_recipe("da=configs/gan.py:cpu,train.diffaugment=color,cutout,optim.lr_d=1e-4") == (
+        "da", "configs/gan.py:cpu", ["train.diffaugment=color,cutout", "optim.lr_d=1e-4"])
+    with pytest.raises(ValueError, match="must look like name="):
+        quality.parse_recipe("configs/gan.py:cpu")
+    kid = {"mean": 0.21491, "std": 0.00383, "whole_sets": False}
+    results = {"recipes": {"cpu": {"config": "configs/gan.py:cpu", "overrides": ["optim.lr_d=8e-4"], "steps": 1225,
+                                   "seconds_per_step": 1.514, "test": {"kid": kid, "fid": 266.06},
+                                   "train": {"kid": {"mean": 0.2197, "std": 0.0, "whole_sets": True}, "fid": 225.8}}}}
+    header, rule, row = quality.markdown_rows(results, ["test", "train"])
+    assert header.count("|") == rule.count("|") == row.count("|") == 9
+    assert row == ("| cpu | `configs/gan.py:cpu` + `optim.lr_d=8e-4` | 1225 | 1.51 | 0.2149 ± 0.0038 | 266.1 | "
+                   "0.2197 (whole set) | 225.8 |")

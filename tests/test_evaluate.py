@@ -272,6 +272,25 @@ def test_bad_images_and_subset_sizes_are_clear_errors():
         evaluate.compare_features(np.full((6, 16), np.nan), reference)
 
 
+def test_kid_on_whole_sets_reports_no_spread():
+    """When the KID subsets are clamped to two equal-size sets, every subset is the whole set: the std is 0 by
+    construction, so the result says so and reports print no '± 0.0000'."""
+    rng = np.random.default_rng(0)
+    real, generated = rng.random((12, 8)), rng.random((12, 8)) + 0.5
+    reference = ReferenceStats(real.mean(0), np.cov(real, rowvar=False), real)
+    settings = split_eval.MetricSettings(kid_subsets=5, kid_subset_size=1000)
+    whole = split_eval.compare_features(generated, reference, settings)
+    assert whole["kid"]["whole_sets"] and whole["kid"]["subset_size"] == 12 and whole["kid"]["std"] < 1e-12
+    assert "no spread over subsets" in whole["notes"][0]
+    assert split_eval.format_kid(whole["kid"]) == f"{whole['kid']['mean']:.4f} (whole set)"
+    subsets = split_eval.compare_features(generated, reference, split_eval.MetricSettings(kid_subsets=5,
+                                                                                           kid_subset_size=6))
+    assert not subsets["kid"]["whole_sets"] and subsets["kid"]["std"] > 0
+    assert split_eval.format_kid(subsets["kid"]) == f"{subsets['kid']['mean']:.4f} ± {subsets['kid']['std']:.4f}"
+    more_generated = split_eval.compare_features(np.concatenate([generated, generated + 0.1]), reference, settings)
+    assert not more_generated["kid"]["whole_sets"]  # 12 of 24 generated per subset: a real spread
+
+
 @pytest.mark.slow  # a real smoke training run with two in-training evaluations (~2 min on 2 busy cores)
 def test_training_keeps_best_checkpoint_by_val_fid(small_data, tmp_path):
     from pikagen_jax.gan.train import train_and_evaluate

@@ -145,8 +145,18 @@ def resolve_kid_subset_size(requested: int, num_a: int, num_b: int) -> tuple[int
                          f"or --samples_per_caption")
     if requested <= available:
         return requested, None
-    return available, (f"KID subset size {requested} is larger than the sets ({num_a} and {num_b} images): "
-                       f"using {available}")
+    note = f"KID subset size {requested} is larger than the sets ({num_a} and {num_b} images): using {available}"
+    if num_a == num_b:
+        note += "; every subset is then the whole of both sets, so KID has no spread over subsets (no ± std)"
+    return available, note
+
+
+def format_kid(kid: dict[str, Any], digits: int = 4) -> str:
+    """'mean ± std', or 'mean (whole set)' when every subset was the whole of both sets (the std is then 0 by
+    construction and says nothing about the estimate's spread)."""
+    if kid.get("whole_sets"):
+        return f"{kid['mean']:.{digits}f} (whole set)"
+    return f"{kid['mean']:.{digits}f} ± {kid['std']:.{digits}f}"
 
 
 def fid_of_features(features_a: np.ndarray, features_b: np.ndarray, low_rank_limit: int = 4096) -> float:
@@ -194,5 +204,6 @@ def compare_features(features: np.ndarray, reference: ReferenceStats, settings: 
     kid_mean, kid_std = kernel_inception_distance(features, reference.features, subsets=settings.kid_subsets,
                                                   subset_size=subset_size, seed=settings.kid_seed)
     return {"num_real": len(reference.features), "num_generated": len(features), "fid": fid,
-            "kid": {"mean": kid_mean, "std": kid_std, "subsets": settings.kid_subsets, "subset_size": subset_size},
+            "kid": {"mean": kid_mean, "std": kid_std, "subsets": settings.kid_subsets, "subset_size": subset_size,
+                    "whole_sets": subset_size == len(features) == len(reference.features)},
             "notes": notes}

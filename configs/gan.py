@@ -5,7 +5,8 @@ Train (defaults = seed 002: 128 px, batch 64, MiniLM text encoder with partial f
 Presets, picked after a colon:
     --config=configs/gan.py:smoke   seconds on a 2-core CPU (tiny random text encoder, 64 px); used by tests
     --config=configs/gan.py:cpu     64 px, batch 16, half widths, frozen MiniLM, seed 002's spectral-norm D +
-                                    MA-GP: ~1.5 s/step on 2 CPU cores; the best recipe at 30 min (BENCHMARKS.md)
+                                    MA-GP, learning rates doubled (2e-4 / 8e-4): ~1.2-1.7 s/step on 2 CPU cores;
+                                    the best recipe at 60 min (BENCHMARKS.md)
     --config=configs/gan.py:cpu_projected  the same with a projected D on frozen EfficientNet-Lite0 features +
                                     DiffAugment: ~1.6 s/step; better at 12 min, worse at 30 min
 Any field can be overridden, e.g. --config.train.batch_size=8 --config.data.image_size=64;
@@ -108,6 +109,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.update({"gen_channels": 16, "disc_channels": 16, "max_channels": 128})
         config.train.update({"batch_size": 16, "num_steps": 3000, "log_every": 25, "sample_every": 250})
         config.checkpoint.every_steps = 250
+        if preset == "cpu":
+            # doubled learning rates (seed: 1e-4 / 4e-4): ahead at 12, 20 and 60 min on 2 cores (BENCHMARKS.md)
+            config.optim.update({"lr_g": 2e-4, "lr_d": 8e-4})
         if preset == "cpu_projected":
             # the data-efficient recipe of Projected GANs: D on frozen EfficientNet-Lite0 features at 128 px +
             # DiffAugment on everything D sees; no MA-GP. Ahead at 12 min, behind `cpu` at 30 (BENCHMARKS.md)

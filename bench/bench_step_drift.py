@@ -39,31 +39,31 @@ def supported() -> bool:
         and ctypes.util.find_library("m") is not None
 
 
-def _libm() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("m"))
+def _fenv() -> tuple[ctypes.CDLL, ctypes.Array, int] | None:
+    """libm, the calling thread's floating-point environment and its MXCSR; None where unsupported."""
+    if not supported():
+        return None
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    env = ctypes.create_string_buffer(_FENV_T_BYTES)
+    if libm.fegetenv(env):
+        return None
+    return libm, env, int.from_bytes(env.raw[_MXCSR_OFFSET:_MXCSR_OFFSET + 4], "little")
 
 
 def read_mxcsr() -> int | None:
     """The calling thread's MXCSR register, or None where unsupported."""
-    if not supported():
-        return None
-    env = ctypes.create_string_buffer(_FENV_T_BYTES)
-    if _libm().fegetenv(env):
-        return None
-    return int.from_bytes(env.raw[_MXCSR_OFFSET:_MXCSR_OFFSET + 4], "little")
+    fenv = _fenv()
+    return None if fenv is None else fenv[2]
 
 
 def set_flush_denormals(enabled: bool = True) -> bool:
     """Sets (or clears) FTZ and DAZ for the calling thread and the threads it starts later.
 
     Returns True when the register now holds the requested bits, False where unsupported."""
-    if not supported():
+    fenv = _fenv()
+    if fenv is None:
         return False
-    libm = _libm()
-    env = ctypes.create_string_buffer(_FENV_T_BYTES)
-    if libm.fegetenv(env):
-        return False
-    mxcsr = int.from_bytes(env.raw[_MXCSR_OFFSET:_MXCSR_OFFSET + 4], "little")
+    libm, env, mxcsr = fenv
     mxcsr = mxcsr | FTZ_BIT | DAZ_BIT if enabled else mxcsr & ~(FTZ_BIT | DAZ_BIT)
     env[_MXCSR_OFFSET:_MXCSR_OFFSET + 4] = mxcsr.to_bytes(4, "little")
     if libm.fesetenv(env):
@@ -88,7 +88,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per state")
     parser.add_argument("--dataset", default="kaggle-splits_seed000_split")
     parser.add_argument("--flush_denormals", choices=("on", "off", "default"), default="default",
-                        help="set FTZ/DAZ on (or off) before JAX starts; 'default' leaves the register as the process got it")
+                        help="set FTZ/DAZ on (or off) before JAX starts; 'default' leaves the register as "
+                             "the process got it")
     args = parser.parse_args()
 
     if args.flush_denormals != "default":

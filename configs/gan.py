@@ -6,8 +6,8 @@ Presets, picked after a colon:
     --config=configs/gan.py:smoke   seconds on a 2-core CPU (tiny random text encoder, 64 px); used by tests
     --config=configs/gan.py:cpu     64 px, batch 16, half widths, frozen MiniLM, seed 002's spectral-norm D +
                                     MA-GP, learning rates doubled (2e-4 / 8e-4): ~1.2-1.7 s/step on 2 CPU cores;
-                                    the best recipe at 60 min (BENCHMARKS.md); for runs of a few minutes add
-                                    --config.train.batch_size=4 (3x the steps; far ahead at 5 and 12 min)
+                                    the best recipe at 60 min (BENCHMARKS.md); for runs under ~30 min add
+                                    --config.train.batch_size=4 (3x the steps; ahead at 5 and 12 min, behind at 60)
     --config=configs/gan.py:cpu_projected  the same with a projected D on frozen EfficientNet-Lite0 features +
                                     DiffAugment: ~1.6 s/step; better at 12 min, worse at 30 min
 Any field can be overridden, e.g. --config.train.batch_size=8 --config.data.image_size=64;

@@ -2,6 +2,7 @@
 frozen image features with three kinds of text, scored by R-precision on the novel-class split.
 
     python bench/alignment_ceiling.py --pokeapi_dir=../shared/data/pokeapi_1025 --seeds=3 --benchmarks_md=BENCHMARKS.md
+    python bench/alignment_ceiling.py --colour_bins=0,4 --seeds=3    # pool3 alone, and with a 4³ colour histogram
 
 Rows (mean ± std over `--seeds` initialisations and batch orders; the frozen features are extracted once):
   pokedex      the Kaggle training sprites (and their mirror images) with their Pokédex captions;
@@ -10,6 +11,8 @@ Rows (mean ± std over `--seeds` initialisations and batch orders; the frozen fe
   attributes   an oracle caption: one-hot PokeAPI colour, body shape and types of the species (training species
                and 899-1025), scored on the test sprites against their own attribute vectors. It bounds what the
                frozen features can tell apart when the text names exactly what is visible.
+Each row is trained once per `--colour_bins` value: 0 is the frozen Inception pool3 features alone, b > 0 adds the
+sprite's foreground colour histogram over b³ RGB cells (`model.colour_bins` of configs/alignment.py).
 Heads, loss and optimiser are configs/alignment.py's (`alignment_step`); as there, the step with the best validation
 top-1 is the one reported. Needs the `kaggle-splits_seed000_split` dataset (README, "Data").
 """
@@ -39,6 +42,7 @@ from pikagen_jax.alignment.steps import alignment_step  # noqa: E402
 from pikagen_jax.data.augment import resize_to_float  # noqa: E402
 from pikagen_jax.data.pipeline import make_eval_loader, tokenizer_from_config  # noqa: E402
 from pikagen_jax.metrics.alignment import r_precision  # noqa: E402
+from pikagen_jax.models.alignment import colour_histogram_features  # noqa: E402
 from pikagen_jax.training.alignment_scorer import build_frozen_networks, text_features  # noqa: E402
 
 BATCH = 32  # frozen-feature batch (Inception at 299 px)
@@ -81,10 +85,13 @@ def kaggle_split(config, extract: Extractor, split: str) -> dict[str, np.ndarray
     captions = [str(c) for b in batches for c in b["caption"]]
     numbers = np.concatenate([np.asarray(b["national_number"]) for b in batches]).astype(np.int64)
     image_features = extract.images(images)
-    out = {"image": image_features, "image_species": numbers, "text": extract.texts(captions), "text_species": numbers}
+    out = {"image": image_features, "image_species": numbers, "text": extract.texts(captions), "text_species": numbers,
+           "pixels": images}
     if split == "train":
-        out["image"] = np.concatenate([image_features, extract.images(np.ascontiguousarray(images[:, :, ::-1]))])
+        mirrored = np.ascontiguousarray(images[:, :, ::-1])
+        out["image"] = np.concatenate([image_features, extract.images(mirrored)])
         out["image_species"] = np.concatenate([numbers, numbers])
+        out["pixels"] = np.concatenate([images, mirrored])
     return out
 
 
@@ -101,9 +108,18 @@ def pokeapi_extra(extract: Extractor, source_dir: Path, held_out: set[int]) -> d
             if folder == "sprites96_art":
                 texts += list(record.descriptions)
                 text_species += [record.national_number] * len(record.descriptions)
-    return {"image": extract.images(np.stack(images).astype(np.float32)), "image_species": np.asarray(image_species),
-            "text": extract.texts(texts),
-            "text_species": np.asarray(text_species)}
+    pixels = np.stack(images).astype(np.float32)
+    return {"image": extract.images(pixels), "image_species": np.asarray(image_species), "text": extract.texts(texts),
+            "text_species": np.asarray(text_species), "pixels": pixels}
+
+
+def with_colour(part: dict[str, np.ndarray], bins: int) -> dict[str, np.ndarray]:
+    """`part` with its image features followed by the sprites' colour histogram over `bins`³ cells (0: as is)."""
+    if not bins:
+        return part
+    colour = np.concatenate([np.asarray(colour_histogram_features(jnp.asarray(part["pixels"][i:i + 256]), bins))
+                             for i in range(0, len(part["pixels"]), 256)])
+    return {**part, "image": np.concatenate([part["image"], colour], axis=1)}
 
 
 def attribute_vectors(source_dir: Path) -> dict[int, np.ndarray]:
@@ -122,6 +138,10 @@ def attribute_vectors(source_dir: Path) -> dict[int, np.ndarray]:
             v[len(colours) + len(shapes) + types.index(t)] = 1
         vectors[int(r["national_number"])] = v
     return vectors
+
+
+def feature_name(bins: int) -> str:
+    return f"pool3 + colour {bins}³" if bins else "pool3"
 
 
 def merge(*parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -170,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3000, help="head training steps per run (configs/alignment.py's)")
     p.add_argument("--every", type=int, default=100, help="validation every this many steps")
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {ROWS}")
+    p.add_argument("--colour_bins", default="0",
+                   help="comma-separated: 0 = Inception pool3 alone, b > 0 = with a b³-cell colour histogram")
     p.add_argument("--out", help="write the per-seed results as JSON here")
     p.add_argument("--benchmarks_md", help="append the table and the command to this Markdown file")
     args = p.parse_args(argv)
@@ -177,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (source / "pokeapi_species_en.jsonl").is_file():
         raise SystemExit(f"{source}/pokeapi_species_en.jsonl not found: pass --pokeapi_dir=<PokeAPI-layout folder>")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    colour_bins = [int(b) for b in args.colour_bins.split(",") if b.strip()]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         raise SystemExit(f"unknown --rows {unknown}; choose from {ROWS}")
@@ -184,39 +207,46 @@ def main(argv: list[str] | None = None) -> int:
     config = get_config()
     extract = Extractor(config)
     start = time.perf_counter()
-    train, val, test = (kaggle_split(config, extract, s) for s in ("train", "val", "test"))
-    held_out = set(val["image_species"].tolist()) | set(test["image_species"].tolist())
-    if held_out & set(train["image_species"].tolist()):
+    base = {s: kaggle_split(config, extract, s) for s in ("train", "val", "test")}
+    held_out = set(base["val"]["image_species"].tolist()) | set(base["test"]["image_species"].tolist())
+    if held_out & set(base["train"]["image_species"].tolist()):
         raise SystemExit("the Kaggle train split shares species with val / test: rebuild the dataset")
-    data = {"pokedex": (train, (val["image"], val["text"]), (test["image"], test["text"]))}
-    if "pokedex+api" in rows or "attributes" in rows:
-        extra = pokeapi_extra(extract, source, held_out)
-        data["pokedex+api"] = (merge(train, extra), data["pokedex"][1], data["pokedex"][2])
-        vectors = attribute_vectors(source)
-        attrs = lambda numbers: np.stack([vectors[int(n)] for n in numbers])  # noqa: E731
-        pool = merge(train, extra)
-        named = np.unique(pool["image_species"])
-        oracle = {"image": pool["image"], "image_species": pool["image_species"], "text": attrs(named),
-                  "text_species": named}
-        data["attributes"] = (oracle, (val["image"], attrs(val["image_species"])),
-                              (test["image"], attrs(test["image_species"])))
+    needs_api = "pokedex+api" in rows or "attributes" in rows
+    api = pokeapi_extra(extract, source, held_out) if needs_api else None
+    vectors = attribute_vectors(source) if needs_api else {}
+    attrs = lambda numbers: np.stack([vectors[int(n)] for n in numbers])  # noqa: E731
     print(f"features extracted in {time.perf_counter() - start:.0f} s", flush=True)
 
     results: dict[str, list[dict]] = {}
-    for row in rows:
-        train_set, val_set, test_set = data[row]
-        for seed in range(args.seeds):
-            started = time.perf_counter()
-            out = train_and_score(config, train_set, val_set, test_set, seed=seed, steps=args.steps, every=args.every)
-            results.setdefault(row, []).append(out)
-            print(f"{row} seed {seed}: best val step {out['step']}, val top-1 {out['val_top1']:.3f}, "
-                  f"test top-1 {out['test_top1']:.3f} top-5 {out['test_top5']:.3f} ({out['species']} species, "
-                  f"{time.perf_counter() - started:.0f} s)", flush=True)
+    for bins in colour_bins:
+        config.model.colour_bins = bins  # the heads' input width follows it
+        train, val, test = (with_colour(base[s], bins) for s in ("train", "val", "test"))
+        data = {"pokedex": (train, (val["image"], val["text"]), (test["image"], test["text"]))}
+        if needs_api:
+            pool = merge(train, with_colour(api, bins))
+            data["pokedex+api"] = (pool, data["pokedex"][1], data["pokedex"][2])
+            named = np.unique(pool["image_species"])
+            oracle = {"image": pool["image"], "image_species": pool["image_species"], "text": attrs(named),
+                      "text_species": named}
+            data["attributes"] = (oracle, (val["image"], attrs(val["image_species"])),
+                                  (test["image"], attrs(test["image_species"])))
+        for row in rows:
+            name = f"{row} | {feature_name(bins)}"
+            train_set, val_set, test_set = data[row]
+            for seed in range(args.seeds):
+                started = time.perf_counter()
+                out = train_and_score(config, train_set, val_set, test_set, seed=seed, steps=args.steps,
+                                      every=args.every)
+                results.setdefault(name, []).append(out)
+                print(f"{name} seed {seed}: best val step {out['step']}, val top-1 {out['val_top1']:.3f}, "
+                      f"test top-1 {out['test_top1']:.3f} top-5 {out['test_top5']:.3f} ({out['species']} species, "
+                      f"{time.perf_counter() - started:.0f} s)", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
     pct = lambda values: f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f} %"  # noqa: E731
-    lines = ["| text the heads train on | species | val top-1 | test top-1 | test top-5 |", "|---|---|---|---|---|"]
+    lines = ["| text the heads train on | image features | species | val top-1 | test top-1 | test top-5 |",
+             "|---|---|---|---|---|---|"]
     for row, runs in results.items():
         lines.append(f"| {row} | {runs[0]['species']} | {pct([r['val_top1'] for r in runs])} | "
                      f"{pct([r['test_top1'] for r in runs])} | {pct([r['test_top5'] for r in runs])} |")

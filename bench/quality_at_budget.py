@@ -11,10 +11,10 @@ its EMA generator is evaluated with the project's FID and KID (100 subsets; mean
 - novel-class: the `test` split's 90 unseen species, 4 samples per caption;
 - intra-class: seen species. Kaggle has one caption per species, so there are no held-out captions of training
   species; the intra-class set is the training species' own captions, one sample each, against their sprites.
-Alignment metrics (R-precision, colour agreement; `pikagen_jax.metrics.alignment`) are added when a trained
-alignment encoder is given (`--alignment_workdir`). Writes `<out>/results.json`, `<out>/<name>_grid.png` (the
-run's last fixed-prompt grid: top row real validation sprites, below the EMA generator on their captions), and
-a Markdown table (printed; appended to `--benchmarks_md` with the command line). A recipe already trained in
+Colour agreement, colour match and text influence (`pikagen_jax.metrics.alignment`) are always computed;
+R-precision when a trained alignment encoder is given (`--alignment_workdir`). Writes `<out>/results.json`,
+`<out>/<name>_grid.png` (the run's last fixed-prompt grid: top row real validation sprites, below the EMA
+generator on their captions), and a Markdown table (printed; appended to `--benchmarks_md` with the command line). A recipe already trained in
 `<out>/<name>` is only evaluated again (`--retrain` trains it afresh).
 """
 
@@ -100,7 +100,8 @@ def markdown_rows(results: dict, splits: list[str]) -> list[str]:
         f"{names[s]} KID ± std | {names[s]} FID" for s in splits)
     with_alignment = any("alignment" in r.get(s, {}) for r in results["recipes"].values() for s in splits)
     if with_alignment:
-        header += " | novel-class R-precision top-1 | colour agreement"
+        header += (" | novel-class R-precision top-1 | colour agreement | colour match (another species') | "
+                   "text influence")
     lines = [header + " |", "|---" * header.count("|") + "|"]
     for name, r in results["recipes"].items():
         cells = [name, f"`{r['config']}`" + (f" + `{','.join(r['overrides'])}`" if r["overrides"] else ""),
@@ -113,6 +114,11 @@ def markdown_rows(results: dict, splits: list[str]) -> list[str]:
             top1 = alignment.get("r_precision_top1")
             colour = alignment.get("colour_agreement")
             cells += ["n/a" if top1 is None else f"{100 * top1:.1f} %", "n/a" if colour is None else f"{100 * colour:.1f} %"]
+            match = alignment.get("colour_match")
+            cells.append("n/a" if match is None else
+                         f"{100 * match:.1f} % ({100 * alignment['colour_match_shuffled']:.1f} %)")
+            influence = alignment.get("text_influence")
+            cells.append("n/a" if influence is None else f"{influence:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -38,6 +38,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "inception": "fid_helper",  # weights of the frozen image features (see pikagen_jax.metrics)
         "embed_dim": 256, "hidden": 512, "dropout": 0.1,
         "feature_views": 8,  # augmented passes over the train split whose frozen features the heads train on
+        # > 0: beside pool3, the share of the sprite's non-white pixels in each of colour_bins³ RGB cells (pool3 is
+        # nearly colour-blind; captions and types name colours); 0 = pool3 only
+        "colour_bins": 0,
     })
     config.optim = ml_collections.ConfigDict({"lr": 1e-3, "weight_decay": 1e-4})
     config.train = ml_collections.ConfigDict({

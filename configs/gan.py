@@ -35,6 +35,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.text.checkpoint = "minilm"  # preset name ("minilm", "bert_mini", "tiny") or a local HF folder
     config.text.finetune = "partial"  # "none" | "partial" (seed 002) | "full"
     config.text.out_dim = 256
+    # "layernorm": the sentence embedding standardised over its features before G and D read it; "none": raw
+    # (seed 002). Raw, MiniLM's sentences move G's first layer ~37x less than its noise and G ignores the text;
+    # standardised, G follows the text but loses quality at 15 min (BENCHMARKS.md), so it is off by default
+    config.text.sentence_norm = "none"
 
     config.model = ml_collections.ConfigDict({
         "z_dim": 100,
@@ -62,7 +66,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             "cmap_dim": 64,         # width of the projection conditioning on the sentence embedding
         },
     })
-    config.loss = ml_collections.ConfigDict({"magp_weight": 1.5, "magp_power": 6.0})
+    config.loss = ml_collections.ConfigDict({
+        "magp_weight": 1.5, "magp_power": 6.0,
+        # > 0: G also matches the colours of its caption's real sprite (sliced Wasserstein over pixel colours,
+        # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID but colours still do not follow
+        # the text (BENCHMARKS.md)
+        "colour_weight": 0.0,
+    })
     config.optim = ml_collections.ConfigDict({
         "lr_g": 1e-4, "lr_d": 4e-4, "lr_text": 2e-5, "b1": 0.0, "b2": 0.9,
     })

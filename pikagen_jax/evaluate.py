@@ -18,7 +18,10 @@ with the classifier head (`--inception=pt_inception-2015-12-05-6726825d.pth` fro
 fid-helper weights have none, so IS is reported as unavailable, never estimated. The CLIP score needs
 `--clip_checkpoint` (a Hugging Face CLIP model directory or hub name); without it, it is "n/a".
 Whether the sprites follow their text, for the text-conditioned systems: colour agreement always (the share of
-prompts naming a colour whose sprite has it as dominant colour; the real sprites' share beside it), and, with
+prompts naming a colour whose sprite has it as dominant colour; the real sprites' share beside it), colour match
+always (how far each sprite's colour mix matches its own species' real sprite, beside the same score against another
+species' sprite: the floor of a generator that ignores its text), text influence always (how much the images
+change with the caption at a fixed noise draw, over how much they change with the noise), and, with
 `--alignment_workdir` (an encoder trained by `configs/alignment.py`), R-precision top-1 / top-5 among 100
 captions, beside the real sprites' own (the ceiling) and a shuffled-caption control (the floor).
 """
@@ -134,6 +137,26 @@ def generator_for_run(workdir: str | Path, *, step: int | None, best: bool, batc
     return sampler, generate
 
 
+INFLUENCE_GRID = 8  # captions, and noise draws per caption, of the text-influence grid
+
+
+def _text_influence(sampler, data: SplitData, seed: int) -> dict[str, float]:
+    """`metrics.alignment.text_influence` on the split's first captions, each with the same noise draws (the
+    sampler draws noise per position from `seed`, so equal positions share it), beside the real sprites' own
+    pixel variance across those captions."""
+    from pikagen_jax.metrics.alignment import text_influence
+
+    count = min(INFLUENCE_GRID, len(data.captions))
+    if count < 2:
+        return {}
+    repeat = lambda a, i: np.repeat(np.asarray(a)[i:i + 1], INFLUENCE_GRID, axis=0)  # noqa: E731
+    grid = np.stack([sampler.generate(repeat(data.token_ids, i), repeat(data.attention_mask, i), seed)
+                     for i in range(count)])
+    out = text_influence(grid)
+    out["real_variance"] = float(np.asarray(data.images[:count], np.float64).var(axis=0).mean())
+    return out
+
+
 def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, samples_per_caption: int = 1,
                  step: int | None = None, best: bool = False, settings: MetricSettings = MetricSettings(),
                  inception_source: str = "fid_helper", clip_checkpoint: str | None = None, seed: int = 0,
@@ -187,6 +210,7 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
             results["alignment"] = alignment_report(scorer, images, data.images, data.captions,
                                                     samples_per_caption=samples_per_caption,
                                                     distractor_captions=distractors, seed=seed)
+            results["alignment"].update(_text_influence(sampler, data, seed))
         report["results"][split] = results
         for note in results["notes"]:
             print(f"note ({split}): {note}", file=sys.stderr)
@@ -288,7 +312,8 @@ def _percent(value) -> str:
 
 
 def _alignment_rows(alignments: list[dict]) -> list[str]:
-    """R-precision (with the real sprites' ceiling and the shuffled-caption floor) and colour agreement."""
+    """R-precision (with the real sprites' ceiling and the shuffled-caption floor), colour agreement and colour
+    match (with another species' sprite as its floor)."""
     lines = []
     for k in (1, 5):
         key = f"r_precision_top{k}"
@@ -302,6 +327,15 @@ def _alignment_rows(alignments: list[dict]) -> list[str]:
                  f"{a.get('colour_prompts', 0)} prompts name a colour)" if "colour_prompts" in a else "n/a"
                  for a in alignments]
         lines.append("| colour agreement ↑ | " + " | ".join(cells) + " |")
+    if any("colour_match" in a for a in alignments):
+        cells = [f"{_percent(a['colour_match'])} (another species' sprite {_percent(a['colour_match_shuffled'])})"
+                 if "colour_match" in a else "n/a" for a in alignments]
+        lines.append("| colour match with its species' sprite ↑ | " + " | ".join(cells) + " |")
+    if any("text_influence" in a for a in alignments):
+        cells = [f"{a['text_influence']:.3f} (pixel variance across captions {a['text_variance']:.4f}, across "
+                 f"noise {a['noise_variance']:.4f}; real sprites across captions {a['real_variance']:.4f})"
+                 if "text_influence" in a else "n/a" for a in alignments]
+        lines.append("| text influence ↑ | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -12,12 +12,16 @@ import pytest
 from pikagen_jax.config_utils import load_config
 from pikagen_jax.losses.alignment import info_nce_loss
 from pikagen_jax.metrics.alignment import (
+    COLOURS,
     alignment_report,
     colour_agreement,
+    colour_histogram,
+    colour_match,
     colour_name,
     dominant_colour,
     named_colours,
     r_precision,
+    text_influence,
 )
 from tests.launch_helpers import kaggle_overrides, launch
 from tests.tolerances import assert_within, path_tolerance
@@ -102,8 +106,85 @@ def test_colour_agreement_is_exact_on_synthetic_single_colour_sprites():
     assert colour_agreement(sprites, half) == {"colour_agreement": 1.0, "colour_prompts": 5}
     assert colour_agreement(sprites[:1], ["no colour"]) == {"colour_agreement": None, "colour_prompts": 0}
     assert named_colours("Its GREY fur and crimson eyes; bluish (not counted)") == {"gray", "red"}
-    report = alignment_report(None, sprites, sprites, right)  # no encoder: colour agreement only
-    assert report == {"colour_agreement": 1.0, "colour_prompts": 10, "colour_agreement_real": 1.0}
+    report = alignment_report(None, sprites, sprites, right)  # no encoder: the colour scores only
+    assert report == {"colour_agreement": 1.0, "colour_prompts": 10, "colour_agreement_real": 1.0,
+                      "colour_match": 1.0, "colour_match_shuffled": 0.0}
+
+
+def test_text_influence_separates_text_from_noise_exactly():
+    rng = np.random.default_rng(0)
+    by_caption = rng.uniform(-1, 1, (4, 1, 8, 8, 3))  # one image per caption, whatever the noise
+    by_noise = rng.uniform(-1, 1, (1, 5, 8, 8, 3))  # one image per noise draw, whatever the caption
+    deaf = text_influence(np.broadcast_to(by_noise, (4, 5, 8, 8, 3)))
+    assert deaf["text_variance"] == 0.0 and deaf["text_influence"] == 0.0
+    assert deaf["noise_variance"] == pytest.approx(by_noise[0].var(axis=0).mean())
+    blind = text_influence(np.broadcast_to(by_caption, (4, 5, 8, 8, 3)))
+    assert blind["noise_variance"] < 1e-30 and blind["text_influence"] > 1e6  # ignores the noise (var of equal values)
+    mixed = text_influence(by_caption + 0.5 * by_noise)  # additive: each variance is its own part's
+    assert mixed["text_variance"] == pytest.approx(by_caption[:, 0].var(axis=0).mean())
+    assert mixed["noise_variance"] == pytest.approx((0.5 * by_noise[0]).var(axis=0).mean())
+    with pytest.raises(ValueError, match="captions >= 2"):
+        text_influence(by_caption)
+
+
+def test_colour_match_is_exact_on_synthetic_two_colour_sprites():
+    red, blue, green = COLOURS_RGB["red"], COLOURS_RGB["blue"], COLOURS_RGB["green"]
+
+    def two_colour(top, bottom):  # a square whose top half is one colour and bottom half the other
+        image = _sprite(top)
+        image[8:12, 4:12] = np.asarray(bottom) * 2.0 - 1.0
+        return image
+
+    histogram = colour_histogram(two_colour(red, blue))
+    assert histogram.sum() == pytest.approx(1.0)
+    assert {c: h for c, h in zip(COLOURS, histogram) if h} == {"red": 0.5, "blue": 0.5}
+    assert colour_histogram(np.ones((16, 16, 3)))[COLOURS.index("white")] == 1.0  # no foreground: all white
+    real = np.stack([two_colour(red, blue), _sprite(green)])
+    # two samples per caption: caption 0's are half right (red+green: 0.5) and all right (1.0); caption 1's are
+    # all right (green, 1.0) and all wrong (blue, 0.0); against the other caption's sprite: 0.5, 0, 0, 0.5
+    generated = np.stack([two_colour(red, green), two_colour(blue, red), _sprite(green), _sprite(blue)])
+    assert colour_match(generated, real, samples_per_caption=2) == {
+        "colour_match": pytest.approx((0.5 + 1.0 + 1.0 + 0.0) / 4), "colour_match_shuffled": pytest.approx(0.25)}
+    with pytest.raises(ValueError, match="3 generated sprites for 2 real"):
+        colour_match(generated[:3], real, samples_per_caption=2)
+
+
+def test_colour_histogram_features_are_exact_on_synthetic_sprites():
+    from pikagen_jax.models.alignment import colour_feature_dim, colour_histogram_features
+
+    red, blue = COLOURS_RGB["red"], COLOURS_RGB["blue"]  # cells (3, 0, 0) and (0, 1, 3) of a 4-bin grid
+    image = _sprite(red)  # 8x8 red square in a 16x16 white sprite: a quarter of the pixels
+    image[8:12, 4:12] = np.asarray(blue) * 2.0 - 1.0  # half of the square blue
+    features = np.asarray(colour_histogram_features(jnp.asarray(np.stack([image, np.ones((16, 16, 3))])), 4))
+    assert features.shape == (2, colour_feature_dim(4)) == (2, 65)
+    expected = np.zeros(65)
+    expected[(3 * 4 + 0) * 4 + 0] = expected[(0 * 4 + 1) * 4 + 3] = 0.5
+    expected[64] = 0.25  # the foreground's share of the image
+    np.testing.assert_allclose(features[0], expected, atol=1e-7)
+    np.testing.assert_array_equal(features[1], np.zeros(65))  # all background: no colour, no foreground
+    assert colour_feature_dim(0) == 0
+
+
+def test_colour_bins_widen_the_frozen_image_features_and_the_image_head():
+    from flax import nnx
+
+    from pikagen_jax.alignment.features import FrozenNetworks
+    from pikagen_jax.models.alignment import colour_histogram_features
+    from pikagen_jax.training.alignment_scorer import build_heads, image_feature_dim
+
+    class Pool3Stub(nnx.Module):  # stands in for Inception-v3: a fixed 2048-wide feature per image
+        def __call__(self, images):
+            return jnp.broadcast_to(jnp.mean(images, axis=(1, 2, 3))[:, None], (images.shape[0], 2048))
+
+    sprites = np.stack([_sprite(rgb) for rgb in COLOURS_RGB.values()]).astype(np.float32)
+    plain = FrozenNetworks(Pool3Stub(), None).images(sprites, batch_size=4)
+    coloured = FrozenNetworks(Pool3Stub(), None, colour_bins=4).images(sprites, batch_size=4)
+    assert plain.shape == (10, 2048) and coloured.shape == (10, 2048 + 65)
+    np.testing.assert_array_equal(coloured[:, :2048], plain)
+    np.testing.assert_allclose(coloured[:, 2048:], colour_histogram_features(jnp.asarray(sprites), 4), atol=1e-7)
+    config = load_config("configs/alignment.py:smoke", ["model.colour_bins=4"])
+    assert image_feature_dim(config) == 2113
+    assert build_heads(config, 32, nnx.Rngs(0)).image_head.norm.scale.value.shape == (2113,)
 
 
 def test_alignment_encoder_trains_on_the_train_split_only(small_data):
@@ -179,7 +260,8 @@ def alignment_run(small_data, tmp_path_factory):
 
 
 def test_smoke_alignment_run_checkpoints_heads_and_reports_the_real_ceiling(alignment_run):
-    from pikagen_jax.training.alignment_scorer import load_alignment_scorer
+    from pikagen_jax.models.alignment import colour_feature_dim
+    from pikagen_jax.training.alignment_scorer import image_feature_dim, load_alignment_scorer
 
     workdir, log = alignment_run
     step_dir = workdir / "checkpoints" / "4"
@@ -194,7 +276,9 @@ def test_smoke_alignment_run_checkpoints_heads_and_reports_the_real_ceiling(alig
     assert "val_r_precision_top1" in log
     # the frozen features were extracted once into the workdir, and the heads' batches came from them
     with np.load(workdir / "feature_cache.npz") as cache:
-        assert cache["image"].shape[1] == 2048 and len(cache["image"]) == len(cache["text"]) == len(cache["species"])
+        width = image_feature_dim(scorer.config)  # pool3, and the colour histogram when model.colour_bins > 0
+        assert cache["image"].shape[1] == width == 2048 + colour_feature_dim(scorer.config.model.colour_bins)
+        assert len(cache["image"]) == len(cache["text"]) == len(cache["species"])
     assert report["feature_pairs"] == len(np.load(workdir / "feature_cache.npz")["species"])
 
 
@@ -226,9 +310,12 @@ def test_evaluate_reports_alignment_or_says_how_to_train_it(alignment_run, small
     report = evaluate.evaluate_run(gan, splits=["test"], settings=settings, write=False,
                                    alignment_workdir=alignment_run[0])
     alignment = report["results"]["test"]["alignment"]
-    for key in ("r_precision_top1", "r_precision_top1_real", "r_precision_top1_shuffled", "colour_prompts"):
+    for key in ("r_precision_top1", "r_precision_top1_real", "r_precision_top1_shuffled", "colour_prompts",
+                "colour_match", "colour_match_shuffled", "text_influence", "real_variance"):
         assert key in alignment, key
-    assert "R-precision top-1" in evaluate.markdown_report(report)
+    assert alignment["text_variance"] > 0 and alignment["noise_variance"] > 0
+    table = evaluate.markdown_report(report)
+    assert "R-precision top-1" in table and "colour match" in table and "text influence" in table
     missing = evaluate.evaluate_run(gan, splits=["test"], settings=settings, write=False,
                                     alignment_workdir=tmp_path / "no_encoder")
     assert "fid" in missing["results"]["test"] and "r_precision_top1" not in missing["results"]["test"]["alignment"]

@@ -12,7 +12,6 @@ from pikagen_jax.models import hf_weights
 from pikagen_jax.models.bert import BertConfig, BertModel
 from pikagen_jax.models.text_encoder import TextEncoder, masked_mean, trainable_filter
 
-
 TINY_BERT = dict(vocab_size=99, hidden_size=32, num_attention_heads=4, intermediate_size=37,
                  max_position_embeddings=64)
 
@@ -51,6 +50,23 @@ def test_sentence_embedding_is_the_projected_pooler_or_masked_mean():
         np.testing.assert_allclose(sentence, encoder.sentence_proj(expected), atol=1e-6)
     manual = np.asarray(hidden)[1, :7].mean(axis=0)
     np.testing.assert_allclose(masked_mean(hidden, mask)[1], manual, atol=1e-6)
+
+
+def test_layernorm_sentence_is_the_standardised_raw_sentence():
+    ids, mask = _batch()
+    raw = TextEncoder("bert", "tiny", out_dim=16, rngs=nnx.Rngs(0))
+    normed = TextEncoder("bert", "tiny", out_dim=16, sentence_norm="layernorm", rngs=nnx.Rngs(0))
+    (raw_tokens, raw_sentence), (tokens, sentence) = raw(ids, mask), normed(ids, mask)
+    np.testing.assert_array_equal(tokens, raw_tokens)  # tokens are untouched
+    x = np.asarray(raw_sentence, np.float64)
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    # float32 over 16 features of unit scale after standardising: a few ulps
+    np.testing.assert_allclose(sentence, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(sentence).mean(-1), 0.0, atol=1e-5)
+    assert np.all(np.asarray(sentence).std(-1) > 0.99)  # unit scale (eps 1e-6 against a variance of ~4e-4)
+    assert not set(_paths(normed, nnx.Param)) - set(_paths(raw, nnx.Param))  # no new parameters
+    with pytest.raises(ValueError, match="unknown sentence_norm 'batch'"):
+        TextEncoder("bert", "tiny", sentence_norm="batch", rngs=nnx.Rngs(0))
 
 
 def test_projection_only_where_widths_differ():

@@ -32,7 +32,7 @@ CACHE_FILE = "feature_cache.npz"
 
 @dataclasses.dataclass
 class FeatureCache:
-    """Frozen features of (augmented sprite, caption) pairs: image [N, 2048], text [N, D], species [N]."""
+    """Frozen features of (augmented sprite, caption) pairs: image [N, 2048 (+ colour)], text [N, D], species [N]."""
 
     image: np.ndarray
     text: np.ndarray
@@ -48,13 +48,15 @@ class FrozenNetworks:
 
     inception: nnx.Module
     backbone: nnx.Module
+    colour_bins: int = 0  # > 0: the image features also hold the sprite's colour histogram (model.colour_bins)
 
     def __post_init__(self):
-        from pikagen_jax.training.alignment_scorer import text_features
+        from pikagen_jax.training.alignment_scorer import image_features, text_features
 
+        bins = self.colour_bins
         self._features = nnx.jit(lambda inception, backbone, images, ids, mask: (
-            inception(images), text_features(backbone, ids, mask)))
-        self._images = nnx.jit(lambda inception, images: inception(images))
+            image_features(inception, images, bins), text_features(backbone, ids, mask)))
+        self._images = nnx.jit(lambda inception, images: image_features(inception, images, bins))
         self._texts = nnx.jit(text_features)
 
     def __call__(self, images: Any, ids: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +65,8 @@ class FrozenNetworks:
         return np.asarray(image, np.float32), np.asarray(text, np.float32)
 
     def images(self, images: np.ndarray, batch_size: int, desc: str | None = None) -> np.ndarray:
-        """Sprites [N, H, W, 3] in [-1, 1] -> pool3 features [N, 2048], `batch_size` at a time (a progress bar
-        named `desc` if given)."""
+        """Sprites [N, H, W, 3] in [-1, 1] -> image features [N, 2048 (+ colour)], `batch_size` at a time (a
+        progress bar named `desc` if given)."""
         from tqdm import tqdm
 
         starts = tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
@@ -85,6 +87,7 @@ def cache_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"dataset": data.dataset, "data_dir": str(Path(data.data_dir).resolve()), "split": data.train_split,
             "image_size": data.image_size, "augment": data.augment.to_dict(), "captions": data.captions.to_dict(),
             "text": config.text.to_dict(), "inception": config.model.inception, "views": config.model.feature_views,
+            "colour_bins": int(config.model.get("colour_bins", 0)),
             "seed": config.seed, "extra_datasets": extra_dataset_names(config)}
 
 

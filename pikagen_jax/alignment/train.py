@@ -32,7 +32,12 @@ from pikagen_jax.errors import DatasetNotFoundError
 from pikagen_jax.metrics.alignment import r_precision
 from pikagen_jax.metrics.split_eval import dataset_splits, load_split
 from pikagen_jax.models.params import count_params
-from pikagen_jax.training.alignment_scorer import AlignmentScorer, build_frozen_networks, load_alignment_scorer
+from pikagen_jax.training.alignment_scorer import (
+    AlignmentScorer,
+    build_frozen_networks,
+    colour_bins,
+    load_alignment_scorer,
+)
 from pikagen_jax.training.loop import TrainResult, run_training
 from pikagen_jax.training.mesh import make_mesh, replicate_nodes
 
@@ -101,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     validate_config(config)
     mesh = make_mesh()
     inception, backbone = build_frozen_networks(config)
-    frozen = FrozenNetworks(inception, backbone)
+    frozen = FrozenNetworks(inception, backbone, colour_bins(config))
     state = AlignmentState(config, backbone.config.hidden_size, rngs=nnx.Rngs(config.seed))
     logging.info("alignment heads: %d parameters (Inception-v3 and the %s text backbone frozen)",
                  count_params(state.heads), config.text.checkpoint)

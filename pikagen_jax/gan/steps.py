@@ -2,7 +2,9 @@
 
     D:  hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) + MA-GP (float32); D's trunk runs on
         the real and the fake batch once each, and MA-GP differentiates the real batch's pass
-    G:  −D(G(z, s), s); the partially fine-tuned text encoder is trained through this loss (lr 2e-5)
+    G:  −D(G(z, s), s) [+ loss.colour_weight × the sliced-Wasserstein distance between the colours of G(z, s)
+        and of the real sprite of caption s (`losses/colour.py`)]; the partially fine-tuned text encoder is
+        trained through this loss (lr 2e-5)
 
 With `model.discriminator='projected'` D is a Projected GAN discriminator (`models/projected_discriminator.py`):
 the same hinge terms over its patch logits, no MA-GP. `train.diffaugment` (e.g. 'color,translation,cutout')
@@ -23,6 +25,7 @@ import optax
 from flax import nnx
 
 from pikagen_jax.gan.state import GanState
+from pikagen_jax.losses.colour import colour_distribution_loss
 from pikagen_jax.losses.diffaugment import diffaugment
 from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp_with_logits, mismatched_sentences
 from pikagen_jax.models.gan import Discriminator
@@ -119,11 +122,18 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     d_graph, d_vars = nnx.split(state.discriminator)
     z = jax.random.normal(key_g, (batch_size, z_dim), jnp.float32)
 
+    colour_weight = config.loss.get("colour_weight", 0.0)
+
     def g_loss_fn(gen, text):
         tokens, sentence = encode(text)
-        fake = diffaugment(gen(z, sentence, tokens, mask), key_aug_g, policy)
+        generated = gen(z, sentence, tokens, mask)
+        fake = diffaugment(generated, key_aug_g, policy)
         disc = nnx.merge(d_graph, d_vars)
-        return g_hinge_loss(disc(fake, sentence, update_stats=False))
+        loss, parts = g_hinge_loss(disc(fake, sentence, update_stats=False))
+        if colour_weight > 0:  # the caption's own sprite's colours (before DiffAugment)
+            colour, colour_parts = colour_distribution_loss(generated, images)
+            loss, parts = loss + colour_weight * colour, {**parts, **colour_parts}
+        return loss, parts
 
     grad_fn = nnx.value_and_grad(g_loss_fn, argnums=(0, nnx.DiffState(1, state.text_filter)), has_aux=True)
     (g_loss, g_parts), (g_grads, t_grads) = grad_fn(state.generator, state.text_encoder)

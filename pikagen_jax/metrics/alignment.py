@@ -9,6 +9,16 @@ Colour agreement needs no learned model: for the prompts that name a colour ("a 
 cheeks"), the share of sprites whose dominant non-background colour is one of the named ones. A pixel is
 background when it is near-white (the sprites' background); the remaining pixels are named by hue, saturation
 and value (`colour_name`), and the most frequent name is the sprite's colour.
+
+Pokédex captions rarely name a sprite's main colour ("its red cheeks" on a yellow Pikachu), so colour agreement has
+few prompts and a low ceiling on our data. Colour match asks the question without colour words: does a sprite take
+the colours of its own species' real sprite (the one its caption belongs to)? It is the histogram intersection of
+the two sprites' colour-name shares (`colour_histogram`), 1 for the same colours in the same proportions, 0 for no
+colour in common; the floor is the same score against another species' real sprite. A generator whose colours
+follow its text scores above that floor; one that ignores the text scores at it.
+
+Text influence asks the most basic question: do the images change with the caption at all? It compares the
+pixel variance across captions at a fixed noise draw with the variance across noise draws for a fixed caption.
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import re
 from typing import Sequence
 
 import numpy as np
+
+from pikagen_jax.models.alignment import BACKGROUND_MIN  # the white-background threshold, shared with the encoder
 
 # colour word (and synonyms) -> colour name; names are what `colour_name` returns
 COLOUR_WORDS = {
@@ -33,7 +45,6 @@ COLOUR_WORDS = {
     "gray": "gray", "grey": "gray", "silver": "gray",
 }
 COLOURS = tuple(sorted(set(COLOUR_WORDS.values())))
-BACKGROUND_MIN = 0.92  # a pixel whose channels are all >= this (in [0, 1]) is white background
 MIN_FOREGROUND = 0.01  # a sprite with fewer foreground pixels than this share is white
 
 
@@ -70,6 +81,55 @@ def dominant_colour(image: np.ndarray) -> str:
         return "white"
     names, counts = np.unique(colour_name(rgb[foreground]).astype(str), return_counts=True)
     return str(names[np.argmax(counts)])
+
+
+def colour_histogram(image: np.ndarray) -> np.ndarray:
+    """Share of a sprite's non-background pixels per colour name (`COLOURS` order; image [H, W, 3] in [-1, 1]).
+    A sprite with (almost) no foreground counts as all white."""
+    rgb = (np.asarray(image, np.float64) + 1.0) / 2.0
+    foreground = ~np.all(rgb >= BACKGROUND_MIN, axis=-1)
+    histogram = np.zeros(len(COLOURS))
+    if foreground.mean() < MIN_FOREGROUND:
+        histogram[COLOURS.index("white")] = 1.0
+        return histogram
+    names = colour_name(rgb[foreground]).astype(str)
+    for i, colour in enumerate(COLOURS):
+        histogram[i] = np.mean(names == colour)
+    return histogram
+
+
+def colour_match(generated: np.ndarray, real: np.ndarray, *, samples_per_caption: int = 1) -> dict[str, float]:
+    """Mean colour-histogram intersection of each generated sprite with its own caption's real sprite, and (floor)
+    with the next caption's real sprite, i.e. another species'.
+
+    `generated` holds `samples_per_caption` images per caption, caption-major; `real` one per caption.
+    Returns {'colour_match': mean, 'colour_match_shuffled': the floor's mean}."""
+    if len(generated) != len(real) * samples_per_caption:
+        raise ValueError(f"got {len(generated)} generated sprites for {len(real)} real ones and "
+                         f"{samples_per_caption} per caption")
+    if len(real) < 2:
+        raise ValueError("colour match needs at least 2 captions (the floor uses another caption's sprite)")
+    real_hist = np.stack([colour_histogram(image) for image in real])
+    generated_hist = np.stack([colour_histogram(image) for image in generated])
+    own = np.repeat(np.arange(len(real)), samples_per_caption)
+    other = (own + 1) % len(real)
+    return {"colour_match": float(np.mean(np.minimum(generated_hist, real_hist[own]).sum(-1))),
+            "colour_match_shuffled": float(np.mean(np.minimum(generated_hist, real_hist[other]).sum(-1)))}
+
+
+def text_influence(images: np.ndarray) -> dict[str, float]:
+    """How much a generator's images change with the caption, against how much they change with the noise.
+
+    `images` [C, K, H, W, 3]: C captions, each with the same K noise draws. Returns the mean pixel variance
+    across captions at a fixed draw ('text_variance'), across draws for a fixed caption ('noise_variance'), and
+    'text_influence' = text_variance / noise_variance: near 0 for a generator that ignores its text."""
+    images = np.asarray(images, np.float64)
+    if images.ndim != 5 or images.shape[0] < 2 or images.shape[1] < 2:
+        raise ValueError(f"text_influence needs [captions >= 2, draws >= 2, H, W, C] images, got {images.shape}")
+    text_variance = float(images.var(axis=0).mean())
+    noise_variance = float(images.var(axis=1).mean())
+    return {"text_variance": text_variance, "noise_variance": noise_variance,
+            "text_influence": text_variance / max(noise_variance, 1e-12)}
 
 
 def colour_agreement(images: np.ndarray, captions: Sequence[str]) -> dict[str, float | int | None]:
@@ -122,8 +182,9 @@ def alignment_report(scorer, generated: np.ndarray, real: np.ndarray, captions: 
                      samples_per_caption: int = 1, distractor_captions: Sequence[str] = (), candidates: int = 100,
                      seed: int = 0) -> dict[str, float | int | None]:
     """R-precision (top-1, top-5) of generated sprites with the real sprites' own as the ceiling and a
-    shuffled-caption control as the floor, and colour agreement of both; `scorer` embeds images and captions
-    (`pikagen_jax.training.alignment_scorer.AlignmentScorer`; None: colour agreement only).
+    shuffled-caption control as the floor, colour agreement of both, and colour match (with its floor);
+    `scorer` embeds images and captions (`pikagen_jax.training.alignment_scorer.AlignmentScorer`; None: the
+    colour scores only).
 
     `generated` holds `samples_per_caption` images per caption, caption-major; `real` one per caption. The floor
     scores each generated image against the caption after its own (so: an image made from another species'
@@ -135,6 +196,8 @@ def alignment_report(scorer, generated: np.ndarray, real: np.ndarray, captions: 
     generated_colour, real_colour = colour_agreement(generated, repeated), colour_agreement(real, captions)
     out.update(colour_agreement=generated_colour["colour_agreement"], colour_prompts=real_colour["colour_prompts"],
                colour_agreement_real=real_colour["colour_agreement"])
+    if len(captions) > 1:
+        out.update(colour_match(generated, real, samples_per_caption=samples_per_caption))
     if scorer is None:
         return out
     text_emb = scorer.embed_captions(captions)

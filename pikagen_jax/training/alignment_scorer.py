@@ -4,7 +4,8 @@
     image_emb = scorer.embed_images(images)                    # [N, E] unit length, images in [-1, 1]
     text_emb = scorer.embed_captions(["A small blue turtle ..."])
 
-The frozen parts — the FID Inception-v3 (pool3 features) and the text backbone named by the run's config — are
+The frozen parts — the FID Inception-v3 (pool3 features, with a colour histogram of the sprite when the run's
+`model.colour_bins` > 0) and the text backbone named by the run's config — are
 rebuilt from their offline packages; only the trained heads come from the checkpoint. Lives in the training
 layer because every system's evaluation uses it (`pikagen_jax.evaluate`, the GAN's in-training metric).
 """
@@ -24,11 +25,30 @@ from flax import nnx
 from pikagen_jax.data.pipeline import tokenizer_from_config
 from pikagen_jax.errors import UserError
 from pikagen_jax.metrics.inception import InceptionV3
-from pikagen_jax.models.alignment import AlignmentHeads
+from pikagen_jax.models.alignment import AlignmentHeads, colour_feature_dim, colour_histogram_features
 from pikagen_jax.models.text_encoder import build_backbone, masked_mean
 
 TRAIN_COMMAND = "python launch.py --config=configs/alignment.py --workdir={workdir}"
-IMAGE_FEATURE_DIM = 2048
+INCEPTION_FEATURE_DIM = 2048
+
+
+def colour_bins(config: ml_collections.ConfigDict) -> int:
+    """`model.colour_bins` (0 for runs saved before the field existed: pool3 features only)."""
+    return int(config.model.get("colour_bins", 0))
+
+
+def image_feature_dim(config: ml_collections.ConfigDict) -> int:
+    """Width of the frozen image features the image head reads: pool3, and the colour histogram if enabled."""
+    return INCEPTION_FEATURE_DIM + colour_feature_dim(colour_bins(config))
+
+
+def image_features(inception: nnx.Module, images: jax.Array, bins: int) -> jax.Array:
+    """The frozen image features of sprites in [-1, 1]: Inception pool3 [N, 2048], followed by the foreground
+    colour histogram [N, bins³ + 1] when `bins` > 0."""
+    pool3 = inception(images)
+    if not bins:
+        return pool3
+    return jnp.concatenate([pool3.astype(jnp.float32), colour_histogram_features(images, bins)], axis=-1)
 
 
 class AlignmentEncoderMissing(UserError, FileNotFoundError):
@@ -45,8 +65,8 @@ def build_frozen_networks(config: ml_collections.ConfigDict) -> tuple[InceptionV
 
 def build_heads(config: ml_collections.ConfigDict, text_dim: int, rngs: nnx.Rngs) -> AlignmentHeads:
     m = config.model
-    return AlignmentHeads(image_dim=IMAGE_FEATURE_DIM, text_dim=text_dim, embed_dim=m.embed_dim, hidden=m.hidden,
-                          dropout=m.dropout, rngs=rngs)
+    return AlignmentHeads(image_dim=image_feature_dim(config), text_dim=text_dim, embed_dim=m.embed_dim,
+                          hidden=m.hidden, dropout=m.dropout, rngs=rngs)
 
 
 def text_features(backbone: nnx.Module, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -68,7 +88,8 @@ class AlignmentScorer:
 
     def __post_init__(self):
         self.tokenizer = tokenizer_from_config(self.config)
-        self._images = nnx.jit(lambda inception, heads, x: heads.embed_images(inception(x)))
+        bins = colour_bins(self.config)
+        self._images = nnx.jit(lambda inception, heads, x: heads.embed_images(image_features(inception, x, bins)))
         self._texts = nnx.jit(lambda backbone, heads, i, m: heads.embed_texts(text_features(backbone, i, m)))
 
     def embed_images(self, images: np.ndarray) -> np.ndarray:

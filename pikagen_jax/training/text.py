@@ -14,7 +14,8 @@ def build_text_encoder(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype=
     """The configured text encoder, checked against the tokenizer (ids past the embedding table would
     silently become NaN on some backends)."""
     t = config.text
-    encoder = TextEncoder(t.backbone, t.checkpoint, out_dim=t.out_dim, finetune=t.finetune, dtype=dtype, rngs=rngs)
+    encoder = TextEncoder(t.backbone, t.checkpoint, out_dim=t.out_dim, finetune=t.finetune,
+                          sentence_norm=t.get("sentence_norm", "none"), dtype=dtype, rngs=rngs)
     tokenizer = tokenizer_from_config(config)
     rows = encoder.backbone.config.vocab_size
     if tokenizer.vocab_size > rows:

@@ -83,11 +83,13 @@ class FrozenNetworks:
 
 def cache_key(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What the cached features depend on: a cache made from anything else is rebuilt."""
+    from pikagen_jax.training.alignment_scorer import colour_bins
+
     data = config.data
     return {"dataset": data.dataset, "data_dir": str(Path(data.data_dir).resolve()), "split": data.train_split,
             "image_size": data.image_size, "augment": data.augment.to_dict(), "captions": data.captions.to_dict(),
             "text": config.text.to_dict(), "inception": config.model.inception, "views": config.model.feature_views,
-            "colour_bins": int(config.model.get("colour_bins", 0)),
+            "colour_bins": colour_bins(config),
             "seed": config.seed, "extra_datasets": extra_dataset_names(config)}
 
 

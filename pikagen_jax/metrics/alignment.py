@@ -73,16 +73,6 @@ def colour_name(rgb: np.ndarray) -> np.ndarray:
     return np.where((value < 0.2), "black", names).astype(object)
 
 
-def dominant_colour(image: np.ndarray) -> str:
-    """The most frequent colour name among a sprite's non-background pixels (image [H, W, 3] in [-1, 1])."""
-    rgb = (np.asarray(image, np.float64) + 1.0) / 2.0
-    foreground = ~np.all(rgb >= BACKGROUND_MIN, axis=-1)
-    if foreground.mean() < MIN_FOREGROUND:
-        return "white"
-    names, counts = np.unique(colour_name(rgb[foreground]).astype(str), return_counts=True)
-    return str(names[np.argmax(counts)])
-
-
 def colour_histogram(image: np.ndarray) -> np.ndarray:
     """Share of a sprite's non-background pixels per colour name (`COLOURS` order; image [H, W, 3] in [-1, 1]).
     A sprite with (almost) no foreground counts as all white."""
@@ -96,6 +86,12 @@ def colour_histogram(image: np.ndarray) -> np.ndarray:
     for i, colour in enumerate(COLOURS):
         histogram[i] = np.mean(names == colour)
     return histogram
+
+
+def dominant_colour(image: np.ndarray) -> str:
+    """The most frequent colour name among a sprite's non-background pixels (image [H, W, 3] in [-1, 1]; ties go
+    to the alphabetically first name, 'white' for a sprite with almost no foreground)."""
+    return COLOURS[int(np.argmax(colour_histogram(image)))]
 
 
 def colour_match(generated: np.ndarray, real: np.ndarray, *, samples_per_caption: int = 1) -> dict[str, float]:

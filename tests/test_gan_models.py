@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from pikagen_jax.models.folded_attention import folded_attention, folded_attention_autodiff
-from pikagen_jax.models.gan import CrossAttention, Discriminator, Generator, _attention_heads_first, channels_at
+from pikagen_jax.models.gan import (CrossAttention, Discriminator, Generator, GeneratorResBlock, TextAffine,
+                                    _attention_heads_first, channels_at)
 from pikagen_jax.models.spectral_norm import (SpectralNormConv, SpectralNormLinear, SpectralState,
                                               frozen_spectral_norm, spectral_normalize)
 from tests.tolerances import assert_within, path_tolerance
@@ -261,6 +262,52 @@ def test_generator_learnable_gate_starts_closed():
     changed = tokens.at[:, 0].add(5.0)  # closed gate: tokens have no effect yet
     np.testing.assert_allclose(generate(gen, z, sentence, changed, mask), generate(gen, z, sentence, tokens, mask),
                                atol=1e-6)
+
+
+def test_text_affine_block_starts_as_the_plain_block_then_follows_the_sentence():
+    """Zero-initialised γ, β: a block with text affine layers computes what the same block without them does
+    (same convolution and norm weights: the affine layers are built last), until its last layer moves."""
+    x = jax.random.normal(jax.random.key(1), (B, 8, 8, 16))
+    sentence, _, _ = text_inputs()
+    plain = GeneratorResBlock(16, 16, num_groups=8, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    block = GeneratorResBlock(16, 16, num_groups=8, sentence_dim=SENT, dtype=jnp.float32, param_dtype=jnp.float32,
+                              rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(block(x, sentence)), np.asarray(plain(x)))
+    # the zero last layer still gets a gradient, so γ(s), β(s) start to learn at the first step
+    grads = nnx.grad(lambda b: jnp.sum(b(x, sentence) * x))(block)
+    assert float(jnp.abs(grads.affine1.out.kernel[...]).sum()) > 0
+    block.affine1.out.kernel[...] = 0.1 * jax.random.normal(jax.random.key(2), block.affine1.out.kernel.shape)
+    other = sentence[::-1]
+    assert float(jnp.max(jnp.abs(block(x, sentence) - block(x, other)))) > 1e-3
+    with pytest.raises(ValueError, match="pass the sentence embedding"):
+        block(x)
+
+
+def test_text_affine_is_the_dfgan_per_channel_modulation():
+    affine = TextAffine(SENT, 4, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+    affine.out.kernel[...] = jax.random.normal(jax.random.key(3), affine.out.kernel.shape)
+    sentence, _, _ = text_inputs()
+    x = jax.random.normal(jax.random.key(4), (B, 3, 3, 4))
+    w1, b1, w2, b2 = (np.asarray(p[...]) for p in (affine.hidden.kernel, affine.hidden.bias, affine.out.kernel,
+                                                     affine.out.bias))
+    gamma_beta = np.maximum(np.asarray(sentence) @ w1 + b1, 0) @ w2 + b2
+    gamma, beta = gamma_beta[:, :4], gamma_beta[:, 4:]
+    expected = np.asarray(x) * (1 + gamma[:, None, None]) + beta[:, None, None]
+    # float32 dots of length 256 and 4 with O(1) terms: 1e-4 relative covers their rounding
+    np.testing.assert_allclose(np.asarray(affine(x, sentence)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_generator_with_text_affine_feeds_the_sentence_to_every_stage():
+    gen = Generator(16, z_dim=8, text_affine=True, rngs=nnx.Rngs(0), **TINY)
+    assert all(stage.block.affine1 is not None and stage.block.affine2 is not None for stage in gen.stages)
+    z = jax.random.normal(jax.random.key(1), (B, 8))
+    sentence, tokens, mask = text_inputs()
+    grads = nnx.jit(nnx.grad(lambda g: jnp.sum(g(z, sentence, tokens, mask) ** 2)))(gen)
+    for index in range(len(gen.stages)):
+        assert float(jnp.abs(grads.stages[index].block.affine2.out.kernel[...]).sum()) > 0
+    maps = gen.attention_maps(z, sentence, tokens, mask)
+    assert maps.shape == (B, 16, 16, T)
+    assert Generator(16, z_dim=8, rngs=nnx.Rngs(0), **TINY).stages[0].block.affine1 is None  # off by default
 
 
 # ---------------------------------------------------------------------------------------- discriminator

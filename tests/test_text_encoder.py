@@ -94,6 +94,26 @@ def test_constructs_from_config_dict_with_bfloat16():
     assert encoder.token_proj.kernel.dtype == jnp.float32
 
 
+def test_config_picks_the_sentence_pooling(small_data):
+    """`text.sentence_pooling` reaches the encoder the GAN builds; a config without the field keeps the pooler."""
+    from pikagen_jax.config_utils import load_config
+    from pikagen_jax.training.text import build_text_encoder
+
+    overrides = [f"data.data_dir={small_data['data_dir']}", f"data.dataset={small_data['pokeapi']}"]
+    mean = build_text_encoder(load_config("configs/gan.py:smoke", overrides + ["text.sentence_pooling=mean"]),
+                              nnx.Rngs(0))
+    ids, mask = _batch()
+    hidden, _ = mean.backbone(ids, mask)
+    _, sentence = mean(ids, mask)
+    assert mean.sentence_proj is None  # the smoke text tower is as wide as out_dim: the sentence is the mean itself
+    np.testing.assert_allclose(np.asarray(sentence), np.asarray(masked_mean(hidden, mask)), rtol=1e-6, atol=1e-7)
+    config = load_config("configs/gan.py:smoke", overrides)
+    assert config.text.sentence_pooling == "pooler"
+    with config.unlocked():
+        del config.text["sentence_pooling"]  # a run saved before the field existed
+    assert build_text_encoder(config, nnx.Rngs(0)).sentence_pooling == "pooler"
+
+
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="unknown text backbone 'gpt'"):
         TextEncoder("gpt", "tiny", rngs=nnx.Rngs(0))

@@ -22,7 +22,8 @@ def build_generator(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype=jnp
     m = config.model
     return Generator(config.data.image_size, z_dim=m.z_dim, sentence_dim=config.text.out_dim,
                      token_dim=config.text.out_dim, base_channels=m.gen_channels, max_channels=m.max_channels,
-                     upsample=m.upsample, num_heads=m.attn_heads, head_dim=m.attn_head_dim, dtype=dtype, rngs=rngs)
+                     upsample=m.upsample, num_heads=m.attn_heads, head_dim=m.attn_head_dim,
+                     text_affine=m.get("text_affine", False), dtype=dtype, rngs=rngs)
 
 
 def build_discriminator(config: ml_collections.ConfigDict, rngs: nnx.Rngs,

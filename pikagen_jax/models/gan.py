@@ -4,7 +4,8 @@ Generator: z ⊕ sentence embedding -> linear -> 4×4 map, then one stage per do
 upsample (bilinear resize + 3×3 conv, or 4×4 stride-2 transposed conv), residual block (two 3×3 convs, each
 followed by GroupNorm(32) and SiLU, 1×1 skip when channels change), cross-attention over the text tokens
 (queries from pixels; L2-normalised q/k; 4 heads × 64), added residually; then GroupNorm, SiLU, 3×3 conv
-to RGB and tanh.
+to RGB and tanh. With `text_affine` every residual block's GroupNorms are followed by DF-GAN's text affine
+transform: x · (1 + γ(s)) + β(s), γ and β small MLPs of the sentence embedding s, zero at initialisation.
 
 Discriminator: 3×3 conv stem, one residual down block per halving down to 4×4 (two 3×3 convs with
 LeakyReLU(0.2); downsampling inside the block on both the main and the skip path, by a 4×4 stride-2 conv
@@ -80,11 +81,32 @@ class Upsample(nnx.Module):
         return self.conv(x)
 
 
-class GeneratorResBlock(nnx.Module):
-    """x + SiLU(GN(conv3×3(SiLU(GN(conv3×3(x)))))); the skip is a 1×1 conv when the width changes."""
+class TextAffine(nnx.Module):
+    """DF-GAN's text-conditioned affine transform: x · (1 + γ(s)) + β(s) per channel.
 
-    def __init__(self, in_channels: int, out_channels: int, *, num_groups: int = 32, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    γ and β come from one MLP of the sentence embedding s (Linear -> ReLU -> Linear to 2·channels) whose last
+    layer starts at zero, so a new block is the identity and the text's effect grows as it trains (DF-GAN
+    initialises γ's bias to one and its weights to zero; `1 + γ` with γ = 0 is the same start)."""
+
+    def __init__(self, sentence_dim: int, channels: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        dense = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.hidden = nnx.Linear(sentence_dim, channels, **dense)
+        self.out = nnx.Linear(channels, 2 * channels, kernel_init=nnx.initializers.zeros_init(), **dense)
+
+    def __call__(self, x: Array, sentence: Array) -> Array:
+        """x [B, H, W, C], sentence [B, sentence_dim] -> [B, H, W, C]."""
+        gamma, beta = jnp.split(self.out(nnx.relu(self.hidden(sentence.astype(x.dtype)))), 2, axis=-1)
+        return x * (1 + gamma[:, None, None, :]) + beta[:, None, None, :]
+
+
+class GeneratorResBlock(nnx.Module):
+    """x + SiLU(GN(conv3×3(SiLU(GN(conv3×3(x)))))); the skip is a 1×1 conv when the width changes.
+
+    `sentence_dim` > 0 adds a `TextAffine` after each GroupNorm (DF-GAN's conditioning); the block then
+    takes the sentence embedding."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, num_groups: int = 32, sentence_dim: int = 0,
+                 dtype, param_dtype, rngs: nnx.Rngs):
         conv = dict(padding=1, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         norm = dict(num_groups=num_groups, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.conv1 = nnx.Conv(in_channels, out_channels, (3, 3), **conv)
@@ -93,10 +115,17 @@ class GeneratorResBlock(nnx.Module):
         self.norm2 = _group_norm(out_channels, **norm)
         self.skip = (nnx.Conv(in_channels, out_channels, (1, 1), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
                      if in_channels != out_channels else None)
+        affine = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.affine1 = TextAffine(sentence_dim, out_channels, **affine) if sentence_dim else None
+        self.affine2 = TextAffine(sentence_dim, out_channels, **affine) if sentence_dim else None
 
-    def __call__(self, x: Array) -> Array:
-        h = nnx.silu(self.norm1(self.conv1(x)))
-        h = nnx.silu(self.norm2(self.conv2(h)))
+    def __call__(self, x: Array, sentence: Array | None = None) -> Array:
+        if self.affine1 is not None and sentence is None:
+            raise ValueError("this block has text affine layers: pass the sentence embedding")
+        h = self.norm1(self.conv1(x))
+        h = nnx.silu(h if self.affine1 is None else self.affine1(h, sentence))
+        h = self.norm2(self.conv2(h))
+        h = nnx.silu(h if self.affine2 is None else self.affine2(h, sentence))
         return (x if self.skip is None else self.skip(x)) + h
 
 
@@ -199,27 +228,31 @@ class CrossAttention(nnx.Module):
 
 
 class GeneratorStage(nnx.Module):
-    """Upsample ×2 -> residual block -> cross-attention over the tokens."""
+    """Upsample ×2 -> residual block (text affine with `sentence_dim` > 0) -> cross-attention over the tokens."""
 
     def __init__(self, in_channels: int, out_channels: int, *, upsample: UpsampleMode, num_groups: int,
-                 attention: dict, dtype, param_dtype, rngs: nnx.Rngs):
+                 attention: dict, sentence_dim: int = 0, dtype, param_dtype, rngs: nnx.Rngs):
         common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.upsample = Upsample(in_channels, out_channels, upsample, **common)
-        self.block = GeneratorResBlock(out_channels, out_channels, num_groups=num_groups, **common)
+        self.block = GeneratorResBlock(out_channels, out_channels, num_groups=num_groups, sentence_dim=sentence_dim,
+                                       **common)
         self.attention = CrossAttention(out_channels, **attention, **common)
 
-    def __call__(self, x: Array, tokens: Array, mask: Array) -> Array:
-        return self.attention(self.block(self.upsample(x)), tokens, mask)
+    def __call__(self, x: Array, tokens: Array, mask: Array, sentence: Array | None = None) -> Array:
+        return self.attention(self.block(self.upsample(x), sentence), tokens, mask)
 
 
 class Generator(nnx.Module):
-    """Text-conditioned generator: (z, sentence, tokens, mask) -> images [B, S, S, 3] in [-1, 1], float32."""
+    """Text-conditioned generator: (z, sentence, tokens, mask) -> images [B, S, S, 3] in [-1, 1], float32.
+
+    The sentence enters the first layer (with z); `text_affine` also feeds it to every residual block through
+    DF-GAN's affine transforms (`TextAffine`)."""
 
     def __init__(self, image_size: int = 128, *, z_dim: int = 128, sentence_dim: int = 256, token_dim: int = 256,
                  base_channels: int = 32, max_channels: int = 256, upsample: UpsampleMode = "bilinear",
                  num_groups: int = 32, num_heads: int = 4, head_dim: int = 64, qk_scale: float | None = None,
-                 learnable_qk_scale: bool = False, learnable_gate: bool = False, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 learnable_qk_scale: bool = False, learnable_gate: bool = False, text_affine: bool = False,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         num_stages = check_image_size(image_size)
         self.image_size = image_size
         self.z_dim = z_dim
@@ -231,8 +264,10 @@ class Generator(nnx.Module):
         attention = dict(token_dim=token_dim, num_heads=num_heads, head_dim=head_dim, qk_scale=qk_scale,
                          learnable_qk_scale=learnable_qk_scale, learnable_gate=learnable_gate)
         self.project = nnx.Linear(z_dim + sentence_dim, 4 * 4 * widths[0], **common)
+        self.text_affine = text_affine
         self.stages = nnx.List([
-            GeneratorStage(c_in, c_out, upsample=upsample, num_groups=num_groups, attention=attention, **common)
+            GeneratorStage(c_in, c_out, upsample=upsample, num_groups=num_groups, attention=attention,
+                           sentence_dim=sentence_dim if text_affine else 0, **common)
             for c_in, c_out in zip(widths[:-1], widths[1:])
         ])
         self.head_norm = _group_norm(widths[-1], num_groups, **common)
@@ -248,9 +283,9 @@ class Generator(nnx.Module):
         x = self.project(jnp.concatenate([z, sentence.astype(z.dtype)], axis=-1)).reshape(batch, 4, 4, self.channels[0])
         for index, block in enumerate(self.stages):
             if index == stage:
-                x = block.block(block.upsample(x))
+                x = block.block(block.upsample(x), sentence)
                 break
-            x = block(x, tokens, mask)
+            x = block(x, tokens, mask, sentence)
         attention = self.stages[stage].attention
         _, height, width, channels = x.shape
         split = lambda t: t.reshape(*t.shape[:2], attention.num_heads, attention.head_dim)  # noqa: E731
@@ -272,7 +307,7 @@ class Generator(nnx.Module):
         x = self.project(jnp.concatenate([z, sentence.astype(z.dtype)], axis=-1))
         x = x.reshape(batch, 4, 4, self.channels[0])
         for stage in self.stages:
-            x = stage(x, tokens, mask)
+            x = stage(x, tokens, mask, sentence)
         x = self.head_conv(nnx.silu(self.head_norm(x)))
         return jnp.tanh(x.astype(jnp.float32))
 

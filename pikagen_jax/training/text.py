@@ -15,6 +15,7 @@ def build_text_encoder(config: ml_collections.ConfigDict, rngs: nnx.Rngs, dtype=
     silently become NaN on some backends)."""
     t = config.text
     encoder = TextEncoder(t.backbone, t.checkpoint, out_dim=t.out_dim, finetune=t.finetune,
+                          sentence_pooling=t.get("sentence_pooling", "pooler"),
                           sentence_norm=t.get("sentence_norm", "none"), dtype=dtype, rngs=rngs)
     tokenizer = tokenizer_from_config(config)
     rows = encoder.backbone.config.vocab_size

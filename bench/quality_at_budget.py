@@ -11,11 +11,11 @@ its EMA generator is evaluated with the project's FID and KID (100 subsets; mean
 - novel-class: the `test` split's 90 unseen species, 4 samples per caption;
 - intra-class: seen species. Kaggle has one caption per species, so there are no held-out captions of training
   species; the intra-class set is the training species' own captions, one sample each, against their sprites.
-Colour agreement, colour match and text influence (`pikagen_jax.metrics.alignment`) are always computed;
-R-precision when a trained alignment encoder is given (`--alignment_workdir`). Writes `<out>/results.json`,
-`<out>/<name>_grid.png` (the run's last fixed-prompt grid: top row real validation sprites, below the EMA
-generator on their captions), and a Markdown table (printed; appended to `--benchmarks_md` with the command line). A recipe already trained in
-`<out>/<name>` is only evaluated again (`--retrain` trains it afresh).
+Colour agreement, colour match, text influence and colour words followed (`pikagen_jax.metrics.alignment`) are
+always computed; R-precision when a trained alignment encoder is given (`--alignment_workdir`). Writes
+`<out>/results.json`, `<out>/<name>_grid.png` (the run's last fixed-prompt grid: top row real validation sprites,
+below the EMA generator on their captions), and a Markdown table (printed; appended to `--benchmarks_md` with the
+command line). A recipe already trained in `<out>/<name>` is only evaluated again (`--retrain` trains it afresh).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def markdown_rows(results: dict, splits: list[str]) -> list[str]:
     with_alignment = any("alignment" in r.get(s, {}) for r in results["recipes"].values() for s in splits)
     if with_alignment:
         header += (" | novel-class R-precision top-1 | colour agreement | colour match (another species') | "
-                   "text influence")
+                   "text influence | colour words followed (chance)")
     lines = [header + " |", "|---" * header.count("|") + "|"]
     for name, r in results["recipes"].items():
         cells = [name, f"`{r['config']}`" + (f" + `{','.join(r['overrides'])}`" if r["overrides"] else ""),
@@ -119,6 +119,9 @@ def markdown_rows(results: dict, splits: list[str]) -> list[str]:
                          f"{100 * match:.1f} % ({100 * alignment['colour_match_shuffled']:.1f} %)")
             influence = alignment.get("text_influence")
             cells.append("n/a" if influence is None else f"{influence:.3f}")
+            words = alignment.get("colour_word_accuracy")
+            cells.append("n/a" if words is None else
+                         f"{100 * words:.1f} % ({100 * alignment['colour_word_chance']:.1f} %)")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -157,6 +157,28 @@ def _text_influence(sampler, data: SplitData, seed: int) -> dict[str, float]:
     return out
 
 
+COLOUR_WORD_CAPTIONS = 16  # captions of the colour-word test, each generated once per named colour
+COLOUR_WORD_TEMPLATE = "It is mostly {}."
+
+
+def _colour_words(sampler, data: SplitData, seed: int) -> dict[str, float]:
+    """`metrics.alignment.colour_word_response` on the split's first captions, each with "It is mostly <colour>."
+    in front for every colour of `data.colours.PHRASE_COLOURS`, at the same noise draw per caption."""
+    from pikagen_jax.data.colours import PHRASE_COLOURS
+    from pikagen_jax.data.pipeline import tokenizer_from_config
+    from pikagen_jax.metrics.alignment import colour_word_response
+
+    captions = data.captions[:COLOUR_WORD_CAPTIONS]
+    if not captions:
+        return {}
+    tokenizer = tokenizer_from_config(sampler.config)
+    images = []
+    for colour in PHRASE_COLOURS:
+        ids, mask = tokenizer([f"{COLOUR_WORD_TEMPLATE.format(colour)} {caption}" for caption in captions])
+        images.append(sampler.generate(ids, mask, seed))
+    return colour_word_response(np.stack(images), PHRASE_COLOURS)
+
+
 def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, samples_per_caption: int = 1,
                  step: int | None = None, best: bool = False, settings: MetricSettings = MetricSettings(),
                  inception_source: str = "fid_helper", clip_checkpoint: str | None = None, seed: int = 0,
@@ -211,6 +233,7 @@ def evaluate_run(workdir: str | Path, *, splits: Sequence[str] | None = None, sa
                                                     samples_per_caption=samples_per_caption,
                                                     distractor_captions=distractors, seed=seed)
             results["alignment"].update(_text_influence(sampler, data, seed))
+            results["alignment"].update(_colour_words(sampler, data, seed))
         report["results"][split] = results
         for note in results["notes"]:
             print(f"note ({split}): {note}", file=sys.stderr)
@@ -336,6 +359,11 @@ def _alignment_rows(alignments: list[dict]) -> list[str]:
                  f"noise {a['noise_variance']:.4f}; real sprites across captions {a['real_variance']:.4f})"
                  if "text_influence" in a else "n/a" for a in alignments]
         lines.append("| text influence ↑ | " + " | ".join(cells) + " |")
+    if any("colour_word_accuracy" in a for a in alignments):
+        cells = [f"{_percent(a['colour_word_accuracy'])} (chance {_percent(a['colour_word_chance'])}; a colour covers "
+                 f"{_percent(a['colour_word_named_share'])} when named, {_percent(a['colour_word_other_share'])} when "
+                 "another is)" if "colour_word_accuracy" in a else "n/a" for a in alignments]
+        lines.append("| colour words followed ↑ | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -18,6 +18,7 @@ from pikagen_jax.metrics.alignment import (
     colour_histogram,
     colour_match,
     colour_name,
+    colour_word_response,
     dominant_colour,
     named_colours,
     r_precision,
@@ -125,6 +126,23 @@ def test_text_influence_separates_text_from_noise_exactly():
     assert mixed["noise_variance"] == pytest.approx((0.5 * by_noise[0]).var(axis=0).mean())
     with pytest.raises(ValueError, match="captions >= 2"):
         text_influence(by_caption)
+
+
+def test_colour_word_response_is_exact_on_synthetic_sprites():
+    names = ["red", "green", "blue"]
+    sprites = {name: _sprite(COLOURS_RGB[name]) for name in names}
+    obedient = np.stack([[sprites[name]] * 2 for name in names])  # [K=3, N=2]: always the named colour
+    assert colour_word_response(obedient, names) == {
+        "colour_word_accuracy": 1.0, "colour_word_chance": pytest.approx(1 / 3), "colour_word_named_share": 1.0,
+        "colour_word_other_share": 0.0}
+    deaf = np.stack([[sprites["red"], sprites["blue"]]] * 3)  # the words change nothing: every pair ties
+    result = colour_word_response(deaf, names)
+    assert result["colour_word_accuracy"] == pytest.approx(1 / 3)  # exactly chance
+    assert result["colour_word_named_share"] == result["colour_word_other_share"] == pytest.approx(1 / 3)
+    contrary = np.stack([[sprites[names[(k + 1) % 3]]] * 2 for k in range(3)])  # always the next colour
+    assert colour_word_response(contrary, names)["colour_word_accuracy"] == 0.0
+    with pytest.raises(ValueError, match="K = 3 >= 2 colours"):
+        colour_word_response(obedient[:2], names)
 
 
 def test_colour_match_is_exact_on_synthetic_two_colour_sprites():
@@ -311,11 +329,12 @@ def test_evaluate_reports_alignment_or_says_how_to_train_it(alignment_run, small
                                    alignment_workdir=alignment_run[0])
     alignment = report["results"]["test"]["alignment"]
     for key in ("r_precision_top1", "r_precision_top1_real", "r_precision_top1_shuffled", "colour_prompts",
-                "colour_match", "colour_match_shuffled", "text_influence", "real_variance"):
+                "colour_match", "colour_match_shuffled", "text_influence", "real_variance", "colour_word_accuracy"):
         assert key in alignment, key
     assert alignment["text_variance"] > 0 and alignment["noise_variance"] > 0
     table = evaluate.markdown_report(report)
     assert "R-precision top-1" in table and "colour match" in table and "text influence" in table
+    assert "colour words followed" in table and alignment["colour_word_chance"] == 1 / 8  # PHRASE_COLOURS
     missing = evaluate.evaluate_run(gan, splits=["test"], settings=settings, write=False,
                                     alignment_workdir=tmp_path / "no_encoder")
     assert "fid" in missing["results"]["test"] and "r_precision_top1" not in missing["results"]["test"]["alignment"]

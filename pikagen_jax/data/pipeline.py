@@ -18,7 +18,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from pikagen_jax.data import augment
+from pikagen_jax.data import augment, colours
 from pikagen_jax.data.tokenizers import Tokenizer, make_tokenizer
 from pikagen_jax.errors import ConfigError, DatasetNotFoundError, SplitNotFoundError
 
@@ -63,17 +63,28 @@ def text_of(value) -> str:
 @dataclasses.dataclass
 class CaptionPolicy:
     """Probabilities of training on the original text, another flavor text (paraphrase) or the
-    enriched original (seed 000: text + classification + types)."""
+    enriched original (seed 000: text + classification + types), and, independently of which, of putting
+    a phrase naming the training sprite's main colours in front of it (`colours.colour_phrase`)."""
 
     original: float = 0.8
     paraphrase: float = 0.2
     enriched: float = 0.0
+    colour_phrase: float = 0.0
 
     def __post_init__(self):
         probs = (self.original, self.paraphrase, self.enriched)
         if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
             raise ValueError(f"caption probabilities (original, paraphrase, enriched) must be >= 0 and sum "
                              f"to 1, got {probs}")
+        if not 0.0 <= self.colour_phrase <= 1.0:
+            raise ValueError(f"data.captions.colour_phrase is a probability in [0, 1], got {self.colour_phrase}")
+
+    def with_colour_phrase(self, caption: str, pixels: np.ndarray, rng: np.random.Generator) -> str:
+        """`caption`, with probability `colour_phrase` behind a phrase naming the colours of `pixels` (the
+        augmented training sprite, [-1, 1]). In front, so that truncation to text.max_length keeps it."""
+        if self.colour_phrase > 0 and rng.random() < self.colour_phrase:
+            return f"{colours.colour_phrase(pixels, rng)} {caption}"
+        return caption
 
     def choose(self, record: dict, rng: np.random.Generator) -> str:
         descriptions = [text_of(d) for d in record["descriptions"]]
@@ -106,7 +117,7 @@ class TrainTransform(grain.transforms.RandomMap):
         if self.aug.color_jitter:
             pixels = augment.color_jitter_on_white(pixels, rng, self.aug.brightness, self.aug.contrast,
                                                    self.aug.saturation)
-        caption = self.captions.choose(record, rng)
+        caption = self.captions.with_colour_phrase(self.captions.choose(record, rng), pixels, rng)
         ids, mask = self.tokenizer([caption])
         out = {"image": pixels, "token_ids": ids[0], "attention_mask": mask[0],
                "national_number": np.int32(record["national_number"])}
@@ -272,7 +283,9 @@ def data_config() -> ml_collections.ConfigDict:
             # parts each global batch is read in: 0 = one per process (Grain's process sharding); a multiple of
             # the process count lets one process read exactly what a multi-process run reads
             "num_shards": 0,
-            "captions": {"original": 0.8, "paraphrase": 0.2, "enriched": 0.0},
+            # colour_phrase: probability of putting "It is mostly <the sprite's main colours>." in front of a
+            # training caption (data/colours.py), so colour words in a prompt mean something to the model
+            "captions": {"original": 0.8, "paraphrase": 0.2, "enriched": 0.0, "colour_phrase": 0.0},
             "augment": {
                 "rotations": 0, "hflip": False,
                 "affine": False, "affine_degrees": 8.0, "affine_translate": 0.05, "affine_scale": (0.9, 1.1),

@@ -23,75 +23,17 @@ pixel variance across captions at a fixed noise draw with the variance across no
 
 from __future__ import annotations
 
-import re
 from typing import Sequence
 
 import numpy as np
 
-from pikagen_jax.models.alignment import BACKGROUND_MIN  # the white-background threshold, shared with the encoder
-
-# colour word (and synonyms) -> colour name; names are what `colour_name` returns
-COLOUR_WORDS = {
-    "red": "red", "crimson": "red", "scarlet": "red",
-    "orange": "orange",
-    "yellow": "yellow", "golden": "yellow", "gold": "yellow",
-    "green": "green", "emerald": "green",
-    "blue": "blue", "navy": "blue", "cyan": "blue", "turquoise": "blue", "aqua": "blue",
-    "purple": "purple", "violet": "purple", "lavender": "purple",
-    "pink": "pink", "magenta": "pink",
-    "brown": "brown",
-    "black": "black",
-    "white": "white",
-    "gray": "gray", "grey": "gray", "silver": "gray",
-}
-COLOURS = tuple(sorted(set(COLOUR_WORDS.values())))
-MIN_FOREGROUND = 0.01  # a sprite with fewer foreground pixels than this share is white
-
-
-def named_colours(caption: str) -> set[str]:
-    """The colours a caption names, by whole words ('Bluish' and 'redden' do not count)."""
-    words = re.findall(r"[a-z]+", caption.lower())
-    return {COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS}
-
-
-def colour_name(rgb: np.ndarray) -> np.ndarray:
-    """Names of pixels rgb [..., 3] in [0, 1]: black / white / gray by value and saturation, else by hue
-    (red, orange, yellow, green, blue, purple, pink), dark orange-red hues being brown."""
-    rgb = np.clip(np.asarray(rgb, np.float64), 0.0, 1.0)
-    value = rgb.max(axis=-1)
-    chroma = value - rgb.min(axis=-1)
-    saturation = np.where(value > 0, chroma / np.maximum(value, 1e-12), 0.0)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    safe = np.maximum(chroma, 1e-12)
-    hue = np.where(value == r, ((g - b) / safe) % 6, np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = hue * 60.0
-    names = np.select(
-        [hue < 15, hue < 40, hue < 70, hue < 165, hue < 255, hue < 290, hue < 345],
-        ["red", "orange", "yellow", "green", "blue", "purple", "pink"], default="red").astype(object)
-    names = np.where((hue < 40) & (value < 0.6) & (saturation > 0.25), "brown", names)
-    names = np.where(saturation < 0.2, np.where(value > 0.85, "white", np.where(value < 0.25, "black", "gray")), names)
-    return np.where((value < 0.2), "black", names).astype(object)
-
-
-def colour_histogram(image: np.ndarray) -> np.ndarray:
-    """Share of a sprite's non-background pixels per colour name (`COLOURS` order; image [H, W, 3] in [-1, 1]).
-    A sprite with (almost) no foreground counts as all white."""
-    rgb = (np.asarray(image, np.float64) + 1.0) / 2.0
-    foreground = ~np.all(rgb >= BACKGROUND_MIN, axis=-1)
-    histogram = np.zeros(len(COLOURS))
-    if foreground.mean() < MIN_FOREGROUND:
-        histogram[COLOURS.index("white")] = 1.0
-        return histogram
-    names = colour_name(rgb[foreground]).astype(str)
-    for i, colour in enumerate(COLOURS):
-        histogram[i] = np.mean(names == colour)
-    return histogram
-
-
-def dominant_colour(image: np.ndarray) -> str:
-    """The most frequent colour name among a sprite's non-background pixels (image [H, W, 3] in [-1, 1]; ties go
-    to the alphabetically first name, 'white' for a sprite with almost no foreground)."""
-    return COLOURS[int(np.argmax(colour_histogram(image)))]
+from pikagen_jax.data.colours import (  # noqa: F401  (re-exported: the colour names are part of this metric's API)
+    COLOURS,
+    colour_histogram,
+    colour_name,
+    dominant_colour,
+    named_colours,
+)
 
 
 def colour_match(generated: np.ndarray, real: np.ndarray, *, samples_per_caption: int = 1) -> dict[str, float]:
@@ -126,6 +68,32 @@ def text_influence(images: np.ndarray) -> dict[str, float]:
     noise_variance = float(images.var(axis=1).mean())
     return {"text_variance": text_variance, "noise_variance": noise_variance,
             "text_influence": text_variance / max(noise_variance, 1e-12)}
+
+
+def colour_word_response(images: np.ndarray, colours: Sequence[str]) -> dict[str, float]:
+    """Do colour words steer the colours? `images` [K, N, H, W, 3]: N sprites, each generated K times from the
+    same caption and noise, the k-th time with a phrase naming `colours[k]` in front of the caption.
+
+    Returns 'colour_word_accuracy': the share of (sprite, colour) pairs where naming the colour gives the largest
+    share of it among the K versions (ties split; chance 1 / K); 'colour_word_named_share': the mean share of the
+    foreground a colour covers when it is named, and 'colour_word_other_share' when another colour is."""
+    images = np.asarray(images)
+    colours = list(colours)
+    if images.ndim != 5 or images.shape[0] != len(colours) or len(colours) < 2:
+        raise ValueError(f"colour_word_response needs [K = {len(colours)} >= 2 colours, N, H, W, 3] images, "
+                         f"got {images.shape}")
+    index = [COLOURS.index(c) for c in colours]
+    shares = np.stack([[colour_histogram(image)[index] for image in row] for row in images])  # [K, N, K]
+    named = np.stack([shares[k, :, k] for k in range(len(colours))])  # [K, N]: colour k's share when named
+    hits = []
+    for k in range(len(colours)):
+        column = shares[:, :, k]  # [K, N]: colour k's share under each of the K prompts
+        best = column.max(axis=0)
+        ties = np.sum(column == best, axis=0)
+        hits.append(np.where(column[k] == best, 1.0 / ties, 0.0))
+    other = np.stack([np.delete(shares[:, :, k], k, axis=0).mean(axis=0) for k in range(len(colours))])
+    return {"colour_word_accuracy": float(np.mean(hits)), "colour_word_chance": 1.0 / len(colours),
+            "colour_word_named_share": float(named.mean()), "colour_word_other_share": float(other.mean())}
 
 
 def colour_agreement(images: np.ndarray, captions: Sequence[str]) -> dict[str, float | int | None]:

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pikagen_jax.data.colours import BACKGROUND_MIN  # the white background, as the colour metrics see it
+
 Array = jax.Array
 
-
-BACKGROUND_MIN = 0.92  # a pixel whose channels are all >= this (in [0, 1]) is the white background
 
 
 def colour_histogram_features(images: Array, bins: int) -> Array:

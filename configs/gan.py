@@ -11,7 +11,9 @@ Presets, picked after a colon:
     --config=configs/gan.py:cpu_projected  the same with a projected D on frozen EfficientNet-Lite0 features +
                                     DiffAugment: ~1.6 s/step; better at 12 min, worse at 30 min
 Any field can be overridden, e.g. --config.train.batch_size=8 --config.data.image_size=64;
-an unknown key is an error.
+an unknown key is an error. For a generator that reads more of its text (off by default; colour words are not yet
+followed, docs/gan.md): --config.text.sentence_pooling=mean --config.model.text_affine=True
+--config.data.captions.colour_phrase=0.5 --config.loss.colour_weight=5
 """
 
 from __future__ import annotations

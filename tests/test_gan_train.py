@@ -101,6 +101,7 @@ def test_nonfinite_batch_is_skipped_and_state_unchanged(small_data):
     jax.tree.map(np.testing.assert_array_equal, before, after)
 
 
+@pytest.mark.slow  # 40 s of compile; the default suite stays near 15 minutes on 2 cores
 def test_text_reading_recipe_trains_its_affine_blocks(small_data):
     """mean pooling + DF-GAN affine blocks + the colour loss: one jitted step moves the zero-initialised affine
     output layers off zero (the text starts to modulate G) with finite losses."""

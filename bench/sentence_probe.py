@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 from bench.report import append_markdown, command_line  # noqa: E402
 from configs.gan import get_config  # noqa: E402
 from pikagen_jax.data.augment import decode_png, resize_to_float  # noqa: E402
-from pikagen_jax.data.colours import PHRASE_COLOURS, dominant_colour  # noqa: E402
+from pikagen_jax.data.colours import COLOUR_PROMPT, PHRASE_COLOURS, dominant_colour  # noqa: E402
 from pikagen_jax.data.pipeline import open_split, text_of, tokenizer_from_config  # noqa: E402
 from pikagen_jax.models.text_encoder import build_backbone, masked_mean  # noqa: E402
 
@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> None:
                                   % len(PHRASE_COLOURS)] for c in phrase_colours]
         splits[split] = {
             "features": embed(captions),
-            "phrased": embed([f"It is mostly {c}. {t}" for c, t in zip(phrase_colours, captions)]),
-            "swapped": embed([f"It is mostly {c}. {t}" for c, t in zip(swapped, captions)]),
+            "phrased": embed([f"{COLOUR_PROMPT.format(c)} {t}" for c, t in zip(phrase_colours, captions)]),
+            "swapped": embed([f"{COLOUR_PROMPT.format(c)} {t}" for c, t in zip(swapped, captions)]),
             "phrase": phrase_colours,
             "type": [text_of(r["types"][0]) for r in records],
             "colour": [dominant_colour(resize_to_float(decode_png(r["image"]), 64)) for r in records],

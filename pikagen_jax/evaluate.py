@@ -158,13 +158,12 @@ def _text_influence(sampler, data: SplitData, seed: int) -> dict[str, float]:
 
 
 COLOUR_WORD_CAPTIONS = 16  # captions of the colour-word test, each generated once per named colour
-COLOUR_WORD_TEMPLATE = "It is mostly {}."
 
 
 def _colour_words(sampler, data: SplitData, seed: int) -> dict[str, float]:
     """`metrics.alignment.colour_word_response` on the split's first captions, each with "It is mostly <colour>."
     in front for every colour of `data.colours.PHRASE_COLOURS`, at the same noise draw per caption."""
-    from pikagen_jax.data.colours import PHRASE_COLOURS
+    from pikagen_jax.data.colours import COLOUR_PROMPT, PHRASE_COLOURS
     from pikagen_jax.data.pipeline import tokenizer_from_config
     from pikagen_jax.metrics.alignment import colour_word_response
 
@@ -174,7 +173,7 @@ def _colour_words(sampler, data: SplitData, seed: int) -> dict[str, float]:
     tokenizer = tokenizer_from_config(sampler.config)
     images = []
     for colour in PHRASE_COLOURS:
-        ids, mask = tokenizer([f"{COLOUR_WORD_TEMPLATE.format(colour)} {caption}" for caption in captions])
+        ids, mask = tokenizer([f"{COLOUR_PROMPT.format(colour)} {caption}" for caption in captions])
         images.append(sampler.generate(ids, mask, seed))
     return colour_word_response(np.stack(images), PHRASE_COLOURS)
 

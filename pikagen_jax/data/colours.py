@@ -87,6 +87,7 @@ PHRASE_TEMPLATES = {
     1: ("It is mostly {0}.", "Its body is {0}.", "A {0} Pokémon."),
     2: ("It is mostly {0} and {1}.", "Its body is {0} with {1}.", "A {0} and {1} Pokémon."),
 }
+COLOUR_PROMPT = PHRASE_TEMPLATES[1][0]  # "It is mostly {0}.": what the colour-word test puts before a caption
 
 
 def main_colours(image: np.ndarray, limit: int = 2) -> list[str]:

@@ -20,7 +20,6 @@ from pikagen_jax.data.colours import BACKGROUND_MIN  # the white background, as 
 Array = jax.Array
 
 
-
 def colour_histogram_features(images: Array, bins: int) -> Array:
     """Colour features of sprites [B, H, W, 3] in [-1, 1]: the share of the non-background pixels in each of
     `bins`³ RGB cells, and the foreground's share of the image -> [B, bins³ + 1] float32.

@@ -264,7 +264,6 @@ class Generator(nnx.Module):
         attention = dict(token_dim=token_dim, num_heads=num_heads, head_dim=head_dim, qk_scale=qk_scale,
                          learnable_qk_scale=learnable_qk_scale, learnable_gate=learnable_gate)
         self.project = nnx.Linear(z_dim + sentence_dim, 4 * 4 * widths[0], **common)
-        self.text_affine = text_affine
         self.stages = nnx.List([
             GeneratorStage(c_in, c_out, upsample=upsample, num_groups=num_groups, attention=attention,
                            sentence_dim=sentence_dim if text_affine else 0, **common)

@@ -13,7 +13,8 @@ Presets, picked after a colon:
 Any field can be overridden, e.g. --config.train.batch_size=8 --config.data.image_size=64;
 an unknown key is an error. For a generator that reads more of its text (off by default; colour words are not yet
 followed, docs/gan.md): --config.text.sentence_pooling=mean --config.model.text_affine=True
---config.data.captions.colour_phrase=0.5 --config.loss.colour_weight=5
+--config.data.captions.colour_phrase=0.5 --config.loss.colour_weight=20 [--config.data.captions.recolour=1.0:
+recolour the phrased sprites by a random hue turn, so only the phrase tells their colours]
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict({
         "magp_weight": 1.5, "magp_power": 6.0,
         # > 0: G also matches the colours of its caption's real sprite (sliced Wasserstein over pixel colours,
-        # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID but colours still do not follow
-        # the text (BENCHMARKS.md)
+        # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID and weight 20 improves it, but
+        # colours still do not follow the text (BENCHMARKS.md)
         "colour_weight": 0.0,
     })
     config.optim = ml_collections.ConfigDict({

@@ -4,7 +4,8 @@ A pixel is background when all its channels are near-white (`BACKGROUND_MIN`: th
 the others are named by hue, saturation and value (`colour_name`). `colour_histogram` is a sprite's share of
 foreground pixels per name, and `colour_phrase` turns it into a short sentence ("It is mostly blue and orange.")
 that `data.captions.colour_phrase` puts in front of training captions, so a generator can learn what colour words
-mean from sprites whose Pokédex text never names their colour. The metrics (`metrics.alignment`) use the same names.
+mean from sprites whose Pokédex text never names their colour; `rotate_hue` recolours a sprite first
+(`data.captions.recolour`), so that the phrase, not the species, tells its colours. The metrics (`metrics.alignment`) use the same names.
 """
 
 from __future__ import annotations
@@ -39,17 +40,38 @@ def named_colours(caption: str) -> set[str]:
     return {COLOUR_WORDS[w] for w in words if w in COLOUR_WORDS}
 
 
+def _hue_chroma_value(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue in degrees [0, 360), chroma (max - min) and value (max) of rgb [..., 3] in [0, 1]."""
+    value = rgb.max(axis=-1)
+    chroma = value - rgb.min(axis=-1)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    safe = np.maximum(chroma, 1e-12)
+    hue = np.where(value == r, ((g - b) / safe) % 6, np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    return hue * 60.0, chroma, value
+
+
+def rotate_hue(image: np.ndarray, degrees: float) -> np.ndarray:
+    """`image` [..., 3] in [-1, 1] with every pixel's hue turned by `degrees`, saturation and value kept (HSV), so
+    white, gray and black pixels — the background and outlines — stay as they are; float32."""
+    rgb = np.clip((np.asarray(image, np.float64) + 1.0) / 2.0, 0.0, 1.0)
+    hue, chroma, value = _hue_chroma_value(rgb)
+    sextant = ((hue + degrees) % 360.0) / 60.0  # HSV -> RGB: the hue's sextant and its position inside it
+    mid = chroma * (1.0 - np.abs(sextant % 2.0 - 1.0))
+    zero = np.zeros_like(chroma)
+    which = np.minimum(sextant.astype(np.int64), 5)
+    r = np.choose(which, [chroma, mid, zero, zero, mid, chroma])
+    g = np.choose(which, [mid, chroma, chroma, mid, zero, zero])
+    b = np.choose(which, [zero, zero, mid, chroma, chroma, mid])
+    rotated = np.stack([r, g, b], axis=-1) + (value - chroma)[..., None]
+    return (rotated * 2.0 - 1.0).astype(np.float32)
+
+
 def colour_name(rgb: np.ndarray) -> np.ndarray:
     """Names of pixels rgb [..., 3] in [0, 1]: black / white / gray by value and saturation, else by hue
     (red, orange, yellow, green, blue, purple, pink), dark orange-red hues being brown."""
     rgb = np.clip(np.asarray(rgb, np.float64), 0.0, 1.0)
-    value = rgb.max(axis=-1)
-    chroma = value - rgb.min(axis=-1)
+    hue, chroma, value = _hue_chroma_value(rgb)
     saturation = np.where(value > 0, chroma / np.maximum(value, 1e-12), 0.0)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    safe = np.maximum(chroma, 1e-12)
-    hue = np.where(value == r, ((g - b) / safe) % 6, np.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    hue = hue * 60.0
     names = np.select(
         [hue < 15, hue < 40, hue < 70, hue < 165, hue < 255, hue < 290, hue < 345],
         ["red", "orange", "yellow", "green", "blue", "purple", "pink"], default="red").astype(object)

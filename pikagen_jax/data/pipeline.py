@@ -70,6 +70,7 @@ class CaptionPolicy:
     paraphrase: float = 0.2
     enriched: float = 0.0
     colour_phrase: float = 0.0
+    recolour: float = 0.0  # probability that a sprite given a phrase gets its hues turned by a random angle first
 
     def __post_init__(self):
         probs = (self.original, self.paraphrase, self.enriched)
@@ -78,13 +79,23 @@ class CaptionPolicy:
                              f"to 1, got {probs}")
         if not 0.0 <= self.colour_phrase <= 1.0:
             raise ValueError(f"data.captions.colour_phrase is a probability in [0, 1], got {self.colour_phrase}")
+        if not 0.0 <= self.recolour <= 1.0:
+            raise ValueError(f"data.captions.recolour is a probability in [0, 1], got {self.recolour}")
+        if self.recolour > 0 and self.colour_phrase == 0:
+            raise ValueError("data.captions.recolour recolours only sprites that get a colour phrase: set "
+                             "data.captions.colour_phrase > 0 too (e.g. --config.data.captions.colour_phrase=0.5)")
 
-    def with_colour_phrase(self, caption: str, pixels: np.ndarray, rng: np.random.Generator) -> str:
-        """`caption`, with probability `colour_phrase` behind a phrase naming the colours of `pixels` (the
-        augmented training sprite, [-1, 1]). In front, so that truncation to text.max_length keeps it."""
+    def with_colour_phrase(self, caption: str, pixels: np.ndarray,
+                           rng: np.random.Generator) -> tuple[str, np.ndarray]:
+        """(caption, pixels): with probability `colour_phrase` the caption gets a phrase in front (so that
+        truncation to text.max_length keeps it) naming the colours of the augmented training sprite `pixels`
+        ([-1, 1]), which with probability `recolour` first has its hues turned by a uniform random angle: then
+        only the phrase, not the species, tells the sprite's colours."""
         if self.colour_phrase > 0 and rng.random() < self.colour_phrase:
-            return f"{colours.colour_phrase(pixels, rng)} {caption}"
-        return caption
+            if self.recolour > 0 and rng.random() < self.recolour:
+                pixels = colours.rotate_hue(pixels, rng.uniform(0.0, 360.0))
+            return f"{colours.colour_phrase(pixels, rng)} {caption}", pixels
+        return caption, pixels
 
     def choose(self, record: dict, rng: np.random.Generator) -> str:
         descriptions = [text_of(d) for d in record["descriptions"]]
@@ -117,7 +128,7 @@ class TrainTransform(grain.transforms.RandomMap):
         if self.aug.color_jitter:
             pixels = augment.color_jitter_on_white(pixels, rng, self.aug.brightness, self.aug.contrast,
                                                    self.aug.saturation)
-        caption = self.captions.with_colour_phrase(self.captions.choose(record, rng), pixels, rng)
+        caption, pixels = self.captions.with_colour_phrase(self.captions.choose(record, rng), pixels, rng)
         ids, mask = self.tokenizer([caption])
         out = {"image": pixels, "token_ids": ids[0], "attention_mask": mask[0],
                "national_number": np.int32(record["national_number"])}
@@ -284,8 +295,11 @@ def data_config() -> ml_collections.ConfigDict:
             # the process count lets one process read exactly what a multi-process run reads
             "num_shards": 0,
             # colour_phrase: probability of putting "It is mostly <the sprite's main colours>." in front of a
-            # training caption (data/colours.py), so colour words in a prompt mean something to the model
-            "captions": {"original": 0.8, "paraphrase": 0.2, "enriched": 0.0, "colour_phrase": 0.0},
+            # training caption (data/colours.py), so colour words in a prompt mean something to the model;
+            # recolour: probability that such a sprite's hues are first turned by a random angle (then the phrase
+            # is the only way to know its colours)
+            "captions": {"original": 0.8, "paraphrase": 0.2, "enriched": 0.0, "colour_phrase": 0.0,
+                         "recolour": 0.0},
             "augment": {
                 "rotations": 0, "hflip": False,
                 "affine": False, "affine_degrees": 8.0, "affine_translate": 0.05, "affine_scale": (0.9, 1.1),

@@ -11,10 +11,11 @@ Presets, picked after a colon:
     --config=configs/gan.py:cpu_projected  the same with a projected D on frozen EfficientNet-Lite0 features +
                                     DiffAugment: ~1.6 s/step; better at 12 min, worse at 30 min
 Any field can be overridden, e.g. --config.train.batch_size=8 --config.data.image_size=64;
-an unknown key is an error. For a generator that reads more of its text (off by default; colour words are not yet
-followed, docs/gan.md): --config.text.sentence_pooling=mean --config.model.text_affine=True
---config.data.captions.colour_phrase=0.5 --config.loss.colour_weight=20 [--config.data.captions.recolour=1.0:
-recolour the phrased sprites by a random hue turn, so only the phrase tells their colours]
+an unknown key is an error. For a generator that reads more of its text (off by default, docs/gan.md):
+--config.text.sentence_pooling=mean --config.model.text_affine=True --config.data.captions.colour_phrase=0.5
+--config.loss.colour_weight=20 (best 15-min KID of these; colour words at chance), or with
+--config.data.captions.recolour=1.0 --config.loss.colour_weight=50 (phrased sprites recoloured by a random hue
+turn: colour words followed 46.9 % at 30 min, chance 12.5 %, not yet visibly; KID worse)
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict({
         "magp_weight": 1.5, "magp_power": 6.0,
         # > 0: G also matches the colours of its caption's real sprite (sliced Wasserstein over pixel colours,
-        # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID and weight 20 improves it, but
-        # colours still do not follow the text (BENCHMARKS.md)
+        # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID and weight 20 improves it; colours
+        # follow colour words only with data.captions.recolour and a weight of 50 (BENCHMARKS.md)
         "colour_weight": 0.0,
     })
     config.optim = ml_collections.ConfigDict({

@@ -5,7 +5,8 @@ the others are named by hue, saturation and value (`colour_name`). `colour_histo
 foreground pixels per name, and `colour_phrase` turns it into a short sentence ("It is mostly blue and orange.")
 that `data.captions.colour_phrase` puts in front of training captions, so a generator can learn what colour words
 mean from sprites whose Pokédex text never names their colour; `rotate_hue` recolours a sprite first
-(`data.captions.recolour`), so that the phrase, not the species, tells its colours. The metrics (`metrics.alignment`) use the same names.
+(`data.captions.recolour`), so that the phrase, not the species, tells its colours. The metrics
+(`metrics.alignment`) use the same names.
 """
 
 from __future__ import annotations

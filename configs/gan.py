@@ -84,6 +84,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID and weight 20 improves it; colours
         # follow colour words only with data.captions.recolour and a weight of 50 (BENCHMARKS.md)
         "colour_weight": 0.0,
+        # in [0, 1]: the share of D's mismatched-text negatives given to real sprites with their hues turned
+        # 90-270 degrees, paired with their own caption (losses/colour_mismatch.py): negatives only the colours
+        # the text names can reveal. Meant for data.captions.recolour; no gain at 15 min (D hardly reads its
+        # text yet, BENCHMARKS.md); 0 = off (seed 002)
+        "colour_mismatch": 0.0,
     })
     config.optim = ml_collections.ConfigDict({
         "lr_g": 1e-4, "lr_d": 4e-4, "lr_text": 2e-5, "b1": 0.0, "b2": 0.9,

@@ -110,7 +110,7 @@ def test_text_reading_recipe_trains_its_affine_blocks(small_data):
     from pikagen_jax.training.mesh import make_mesh, replicate_nodes, shard_batch
 
     config = _smoke_config(small_data, **{"model.text_affine": True, "text.sentence_pooling": "mean",
-                                          "loss.colour_weight": 5.0})
+                                          "loss.colour_weight": 5.0, "loss.colour_mismatch": 0.5})
     state = GanState(config, rngs=nnx.Rngs(0))
     mesh = make_mesh()
     replicate_nodes(mesh, state)
@@ -129,7 +129,7 @@ def test_text_reading_recipe_trains_its_affine_blocks(small_data):
              "attention_mask": np.ones((4, 16), np.int32)}
     metrics = make_train_step(state, config, mesh)(shard_batch(batch, mesh), 0)
     assert int(metrics["skipped"]) == 0
-    for name in ("d_loss", "g_loss", "g_colour"):
+    for name in ("d_loss", "g_loss", "g_colour", "d_colour_mismatch"):
         assert np.isfinite(float(metrics[name])), name
     assert float(metrics["g_colour"]) > 0
     after = affine_out_kernels()

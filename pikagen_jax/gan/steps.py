@@ -2,6 +2,8 @@
 
     D:  hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) + MA-GP (float32); D's trunk runs on
         the real and the fake batch once each, and MA-GP differentiates the real batch's pass
+        [loss.colour_mismatch = w > 0: the mismatched-text term becomes (1 - w) hinge(real, mismatched text)
+        + w hinge(hue-turned real, its own text) (`losses/colour_mismatch.py`)]
     G:  −D(G(z, s), s) [+ loss.colour_weight × the sliced-Wasserstein distance between the colours of G(z, s)
         and of the real sprite of caption s (`losses/colour.py`)]; the partially fine-tuned text encoder is
         trained through this loss (lr 2e-5)
@@ -26,6 +28,7 @@ from flax import nnx
 
 from pikagen_jax.gan.state import GanState
 from pikagen_jax.losses.colour import colour_distribution_loss
+from pikagen_jax.losses.colour_mismatch import check_share, colour_mismatch_hinge, hue_turned_negatives
 from pikagen_jax.losses.diffaugment import diffaugment
 from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp_with_logits, mismatched_sentences
 from pikagen_jax.models.gan import Discriminator
@@ -36,51 +39,74 @@ from pikagen_jax.training.guards import restore_nodes_if_nonfinite, snapshot_sta
 from pikagen_jax.training.jitted_step import make_jitted_step
 from pikagen_jax.training.mesh import Mesh
 
+ColourNegatives = tuple[jax.Array, jax.Array]  # (hue-turned real images, float32 [B] mask of those that count)
+
 
 def discriminator_loss(disc: Discriminator, images: jax.Array, fake: jax.Array, sentence: jax.Array, *,
-                       magp_weight: float, magp_power: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       magp_weight: float, magp_power: float, colour_negatives: ColourNegatives | None = None,
+                       colour_mismatch_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_D = hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) + MA-GP, and its parts.
 
     D's power iterations run once (on entry, stored: training mode) and every pass below uses the same
     normalised weights. The text-free trunk runs on 2B images: the real batch's features serve both its
     matching and its mismatched text, and in float32 the real batch's forward pass is the one MA-GP
     differentiates (as DF-GAN's `pred_real`). With a bfloat16 discriminator MA-GP keeps its own float32 pass.
+    `colour_negatives` (hue-turned real images, mask; `losses/colour_mismatch.py`) take a share
+    `colour_mismatch_weight` of the mismatched-text term, with the images' own text; the trunk then runs on 3B
+    images.
     """
     mismatched = mismatched_sentences(sentence)
+    turned = colour_negatives[0].astype(images.dtype) if colour_negatives is not None else images[:0]
     with frozen_spectral_norm(disc, update_stats=True):
         def real_pass(x, s):
             features = disc.features(x, compute_dtype=jnp.float32)
             return disc.logits(features, s, compute_dtype=jnp.float32), features
 
         gp_kw = dict(weight=magp_weight, power=magp_power)
+        batch = images.shape[0]
         if jnp.dtype(disc.dtype) == jnp.float32:
             gp, gp_parts, real, real_features = ma_gp_with_logits(real_pass, images, sentence, **gp_kw)
-            fake_features = disc.features(fake.astype(images.dtype))
+            other_features = disc.features(jnp.concatenate([fake.astype(images.dtype), turned]))
         else:
             gp, gp_parts, _, _ = ma_gp_with_logits(real_pass, images, sentence, **gp_kw)
-            real_features, fake_features = jnp.split(
-                disc.features(jnp.concatenate([images, fake.astype(images.dtype)])), 2)
+            all_features = disc.features(jnp.concatenate([images, fake.astype(images.dtype), turned]))
+            real_features, other_features = all_features[:batch], all_features[batch:]
             real = disc.logits(real_features, sentence)
-        fake_logits, mismatch = jnp.split(disc.logits(jnp.concatenate([fake_features, real_features]),
-                                                      jnp.concatenate([sentence, mismatched])), 2)
+        logits = disc.logits(jnp.concatenate([other_features[:batch], real_features, other_features[batch:]]),
+                             jnp.concatenate([sentence, mismatched, sentence[:turned.shape[0]]]))
+        fake_logits, mismatch, turned_logits = logits[:batch], logits[batch:2 * batch], logits[2 * batch:]
     hinge, parts = d_hinge_loss(real, fake_logits, mismatch)
-    return hinge + gp, {**parts, **gp_parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
+    parts = {**parts, **gp_parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
+    if colour_negatives is None:
+        return hinge + gp, parts
+    colour = colour_mismatch_hinge(turned_logits, colour_negatives[1])
+    return hinge + gp + 0.5 * colour_mismatch_weight * (colour - parts["d_mismatch"]), {
+        **parts, "d_colour_mismatch": colour, "colour_negatives": jnp.mean(colour_negatives[1])}
 
 
 def projected_discriminator_loss(disc: ProjectedDiscriminator, images: jax.Array, fake: jax.Array,
-                                 sentence: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+                                 sentence: jax.Array, *, colour_negatives: ColourNegatives | None = None,
+                                 colour_mismatch_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_D = hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) over a projected D's patch logits.
 
     The real and the fake batch each pass the frozen feature network and the heads once (batch statistics
-    per pass, as in Projected GANs); the real features serve the matching and the mismatched text."""
+    per pass, as in Projected GANs); the real features serve the matching and the mismatched text.
+    `colour_negatives` as in `discriminator_loss` (their own pass)."""
     with frozen_spectral_norm(disc, update_stats=True):
         real_features = disc.features(images)
         fake_features = disc.features(fake.astype(images.dtype))
         real = disc.logits(real_features, sentence)
         fake_logits = disc.logits(fake_features, sentence)
         mismatch = disc.logits(real_features, mismatched_sentences(sentence))
+        turned_logits = (disc.logits(disc.features(colour_negatives[0].astype(images.dtype)), sentence)
+                         if colour_negatives is not None else None)
     loss, parts = d_hinge_loss(real, fake_logits, mismatch)
-    return loss, {**parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
+    parts = {**parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
+    if colour_negatives is None:
+        return loss, parts
+    colour = colour_mismatch_hinge(turned_logits, colour_negatives[1])
+    return loss + 0.5 * colour_mismatch_weight * (colour - parts["d_mismatch"]), {
+        **parts, "d_colour_mismatch": colour, "colour_negatives": jnp.mean(colour_negatives[1])}
 
 
 def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
@@ -108,12 +134,15 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     fake = jax.lax.stop_gradient(state.generator(z, sentence, tokens, mask))
 
     real_in, fake_in = diffaugment(images, key_aug_real, policy), diffaugment(fake, key_aug_fake, policy)
+    colour_mismatch = check_share(config.loss.get("colour_mismatch", 0.0))
+    negatives = hue_turned_negatives(real_in, jax.random.fold_in(key, 2)) if colour_mismatch > 0 else None
+    colour_kw = dict(colour_negatives=negatives, colour_mismatch_weight=colour_mismatch)
 
     def d_loss_fn(disc):
         if projected:
-            return projected_discriminator_loss(disc, real_in, fake_in, sentence)
+            return projected_discriminator_loss(disc, real_in, fake_in, sentence, **colour_kw)
         return discriminator_loss(disc, real_in, fake_in, sentence, magp_weight=config.loss.magp_weight,
-                                  magp_power=config.loss.magp_power)
+                                  magp_power=config.loss.magp_power, **colour_kw)
 
     (d_loss, d_parts), d_grads = nnx.value_and_grad(d_loss_fn, has_aux=True)(state.discriminator)
     state.opt_d.update(state.discriminator, d_grads)

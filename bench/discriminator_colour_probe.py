@@ -1,0 +1,121 @@
+"""Does a trained GAN discriminator check colours against its text? Sprites and hue-turned twins, two colour phrases.
+
+    python bench/discriminator_colour_probe.py --workdir=RUN [--workdir=RUN ...] [--split=test]
+        [--benchmarks_md=BENCHMARKS.md]
+
+For each GAN run (its latest checkpoint's discriminator and text encoder) and each sprite of `--split` whose main
+colour is one a phrase can name (`data.colours.PHRASE_COLOURS`), the caption gets "It is mostly <that colour>." in
+front (as `data.captions.colour_phrase` does in training), and its twin is the sprite with its hues turned by a
+random 90-270 degrees (`losses.colour_mismatch`) whose main colour is another phrase colour. Reported:
+  colour words read    over sprite / twin pairs, how often D scores an image higher with the phrase naming its own
+                       main colour than with the phrase naming the other image's (same caption after it; chance
+                       50 %): the text alone decides, so D's liking for untouched sprites does not count;
+  untouched preferred  how often D scores a sprite above its twin, both with the sprite's own phrase (what
+                       `loss.colour_mismatch` trains; a D can also get it by disliking turned images);
+  caption told         how often D scores a sprite higher with its own phrased caption than with another
+                       sprite's (the batch rolled by one: DF-GAN's mismatched text);
+and the mean logits of (sprite, own caption), (twin, sprite's caption), (sprite, another caption).
+Needs the `kaggle-splits_seed000_split` dataset (README, "Data") and trained GAN runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.report import append_markdown, command_line  # noqa: E402
+from pikagen_jax.data.colours import COLOUR_PROMPT, PHRASE_COLOURS, main_colours  # noqa: E402
+from pikagen_jax.data.pipeline import tokenizer_from_config  # noqa: E402
+from pikagen_jax.gan.state import build_discriminator  # noqa: E402
+from pikagen_jax.losses.colour_mismatch import hue_turned_negatives  # noqa: E402
+from pikagen_jax.metrics.split_eval import load_split  # noqa: E402
+from pikagen_jax.training.checkpointing import Checkpointer  # noqa: E402
+from pikagen_jax.training.text import build_text_encoder  # noqa: E402
+
+
+def load_discriminator(workdir: Path):
+    """(config, text encoder, discriminator, step) of a GAN run's latest checkpoint."""
+    checkpointer = Checkpointer(workdir, read_only=True)
+    config = ml_collections.ConfigDict(checkpointer.restore_config())
+    if config.system != "gan":
+        raise SystemExit(f"{workdir} holds a {config.system!r} run; this probe reads GAN discriminators")
+    nodes = {"text_encoder": build_text_encoder(config, nnx.Rngs(0), jnp.float32),
+             "discriminator": build_discriminator(config, nnx.Rngs(0))}
+    step = checkpointer.latest_intact_step(False)
+    restored = checkpointer.restore(nodes, step=step)
+    for name, node in nodes.items():
+        nnx.update(node, restored[name])
+    return config, nodes["text_encoder"], nodes["discriminator"], step
+
+
+def probe(workdir: Path, split: str, seed: int) -> dict:
+    """The three scores of every phrase-colour sprite of `split` and the shares above."""
+    config, text_encoder, disc, step = load_discriminator(workdir)
+    data = load_split(config, split)
+    keep = [i for i, image in enumerate(data.images) if main_colours(image, limit=1)[0] in PHRASE_COLOURS]
+    images = jnp.asarray(data.images[keep])
+    captions = [f"{COLOUR_PROMPT.format(main_colours(data.images[i], limit=1)[0])} {data.captions[i]}"
+                for i in keep]
+    ids, mask = tokenizer_from_config(config)(captions)
+    _, sentence = text_encoder(jnp.asarray(ids), jnp.asarray(mask))
+    turned, moved = hue_turned_negatives(images, jax.random.key(seed))
+
+    def score(x, s):
+        return np.asarray(disc(x, s, update_stats=False), np.float64).reshape(len(keep), -1).mean(axis=1)
+
+    real, hue, other = score(images, sentence), score(turned, sentence), score(images, jnp.roll(sentence, 1, 0))
+    moved = np.asarray(moved) > 0
+    # the text alone: each sprite and its hue-turned twin, each with the phrase naming its own main colour and
+    # with the phrase naming the other one's (the caption after it is the same): does D prefer the right phrase?
+    turned_colours = [main_colours(np.asarray(x), limit=1)[0] for x in turned]
+    pairs = [i for i in range(len(keep)) if moved[i] and turned_colours[i] in PHRASE_COLOURS
+             and turned_colours[i] != main_colours(data.images[keep[i]], limit=1)[0]]
+    turned_captions = [f"{COLOUR_PROMPT.format(turned_colours[i])} {data.captions[keep[i]]}" for i in range(len(keep))]
+    ids, mask = tokenizer_from_config(config)(turned_captions)
+    _, turned_sentence = text_encoder(jnp.asarray(ids), jnp.asarray(mask))
+    real_wrong, hue_right = score(images, turned_sentence), score(turned, turned_sentence)
+    words = np.concatenate([real[pairs] > real_wrong[pairs], hue_right[pairs] > hue[pairs]])
+    return {"workdir": str(workdir), "step": int(step), "sprites": int(moved.sum()), "pairs": len(pairs),
+            "colour_words_read": float(np.mean(words)),
+            "untouched_preferred": float(np.mean(real[moved] > hue[moved])),
+            "caption_told": float(np.mean(real > other)),
+            "real_logit": float(real.mean()), "hue_turned_logit": float(hue[moved].mean()),
+            "other_caption_logit": float(other.mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", action="append", required=True, help="a trained GAN run (repeatable)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the hue turns")
+    parser.add_argument("--benchmarks_md", help="append the table and the command to this Markdown file")
+    args = parser.parse_args(argv)
+    lines = ["| run | step | sprites (pairs) | colour words read | untouched preferred | caption told | "
+             "real logit | hue-turned logit | other-caption logit |", "|---|---|---|---|---|---|---|---|---|"]
+    for workdir in args.workdir:
+        r = probe(Path(workdir), args.split, args.seed)
+        lines.append(f"| `{Path(workdir).name}` | {r['step']} | {r['sprites']} ({r['pairs']}) | "
+                     f"{100 * r['colour_words_read']:.1f} % | {100 * r['untouched_preferred']:.1f} % | "
+                     f"{100 * r['caption_told']:.1f} % | {r['real_logit']:.3f} | {r['hue_turned_logit']:.3f} | "
+                     f"{r['other_caption_logit']:.3f} |")
+        print(lines[-1], flush=True)
+    table = "\n".join(lines)
+    print(table)
+    if args.benchmarks_md:
+        append_markdown(args.benchmarks_md, f"Discriminator colour probe ({args.split} split)",
+                        command_line("bench/discriminator_colour_probe.py", argv), table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

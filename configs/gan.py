@@ -80,6 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     })
     config.loss = ml_collections.ConfigDict({
         "magp_weight": 1.5, "magp_power": 6.0,
+        # False: MA-GP penalises D's gradient in the image only, not in the sentence too (DF-GAN, seed 002: both)
+        "magp_text": True,
         # > 0: G also matches the colours of its caption's real sprite (sliced Wasserstein over pixel colours,
         # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID and weight 20 improves it; colours
         # follow colour words only with data.captions.recolour and a weight of 50 (BENCHMARKS.md)

@@ -64,6 +64,9 @@ def test_ma_gp_linear_discriminator_hand_computation():
     # Other powers follow the same formula.
     assert float(ma_gp(d_apply, images, sentence, weight=2.0, power=2)[0]) == pytest.approx(2 * norm**2, rel=1e-5)
     assert float(ma_gp(d_apply, images, sentence, weight=1.0, power=3)[0]) == pytest.approx(norm**3, rel=1e-5)
+    # Without the text term only the image gradient a counts.
+    image_only = ma_gp(d_apply, images, sentence, weight=1.5, power=6, include_text=False)[0]
+    assert float(image_only) == pytest.approx(1.5 * float(np.sum(np.square(a))) ** 3, rel=1e-5)
 
 
 def test_ma_gp_per_example_gradients():

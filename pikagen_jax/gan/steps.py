@@ -43,7 +43,8 @@ ColourNegatives = tuple[jax.Array, jax.Array]  # (hue-turned real images, float3
 
 
 def discriminator_loss(disc: Discriminator, images: jax.Array, fake: jax.Array, sentence: jax.Array, *,
-                       magp_weight: float, magp_power: float, colour_negatives: ColourNegatives | None = None,
+                       magp_weight: float, magp_power: float, magp_text: bool = True,
+                       colour_negatives: ColourNegatives | None = None,
                        colour_mismatch_weight: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
     """L_D = hinge(real) + ½ hinge(fake) + ½ hinge(real, mismatched text) + MA-GP, and its parts.
 
@@ -62,7 +63,7 @@ def discriminator_loss(disc: Discriminator, images: jax.Array, fake: jax.Array, 
             features = disc.features(x, compute_dtype=jnp.float32)
             return disc.logits(features, s, compute_dtype=jnp.float32), features
 
-        gp_kw = dict(weight=magp_weight, power=magp_power)
+        gp_kw = dict(weight=magp_weight, power=magp_power, include_text=magp_text)
         batch = images.shape[0]
         if jnp.dtype(disc.dtype) == jnp.float32:
             gp, gp_parts, real, real_features = ma_gp_with_logits(real_pass, images, sentence, **gp_kw)
@@ -142,7 +143,8 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
         if projected:
             return projected_discriminator_loss(disc, real_in, fake_in, sentence, **colour_kw)
         return discriminator_loss(disc, real_in, fake_in, sentence, magp_weight=config.loss.magp_weight,
-                                  magp_power=config.loss.magp_power, **colour_kw)
+                                  magp_power=config.loss.magp_power, magp_text=config.loss.get("magp_text", True),
+                                  **colour_kw)
 
     (d_loss, d_parts), d_grads = nnx.value_and_grad(d_loss_fn, has_aux=True)(state.discriminator)
     state.opt_d.update(state.discriminator, d_grads)

@@ -43,7 +43,7 @@ def g_hinge_loss(fake_logits: Array) -> tuple[Array, LossParts]:
 
 
 def ma_gp(d_apply: Callable[[Array, Array], Array], images: Array, sentence: Array, *, weight: float = 1.5,
-          power: float = 6.0, eps: float = 1e-12) -> tuple[Array, LossParts]:
+          power: float = 6.0, eps: float = 1e-12, include_text: bool = True) -> tuple[Array, LossParts]:
     """DF-GAN's matching-aware gradient penalty on real images with their matching text.
 
     `weight * mean_b(||g_b||₂ ** power)` with g_b = [∂D/∂x_b, ∂D/∂s_b] flattened and concatenated per
@@ -58,16 +58,17 @@ def ma_gp(d_apply: Callable[[Array, Array], Array], images: Array, sentence: Arr
     Args:
       d_apply: (images [B, H, W, 3], sentence [B, D]) -> logits [B].
       images, sentence: the real batch and its matching sentence embeddings.
+      include_text: False drops ∂D/∂s from g_b (the image gradient only; DF-GAN penalises both).
     Returns:
       (penalty, {"ma_gp": penalty, "ma_gp_grad_norm": mean_b ||g_b||₂ (no gradient)}).
     """
     penalty, parts, _, _ = ma_gp_with_logits(lambda x, s: (d_apply(x, s), None), images, sentence,
-                                             weight=weight, power=power, eps=eps)
+                                             weight=weight, power=power, eps=eps, include_text=include_text)
     return penalty, parts
 
 
 def ma_gp_with_logits(d_apply: Callable[[Array, Array], tuple[Array, Any]], images: Array, sentence: Array, *,
-                      weight: float = 1.5, power: float = 6.0, eps: float = 1e-12
+                      weight: float = 1.5, power: float = 6.0, eps: float = 1e-12, include_text: bool = True
                       ) -> tuple[Array, LossParts, Array, Any]:
     """`ma_gp` that also hands back the forward pass it differentiates, so the hinge loss can reuse it.
 
@@ -90,8 +91,9 @@ def ma_gp_with_logits(d_apply: Callable[[Array, Array], tuple[Array, Any]], imag
         raise ValueError(f"d_apply must return one logit per example, shape ({images.shape[0]},), "
                          f"got {logits.shape}")
     grad_images, grad_sentence = vjp(jnp.ones_like(logits))
-    squared_norm = (jnp.sum(jnp.square(grad_images).reshape(images.shape[0], -1), axis=1)
-                    + jnp.sum(jnp.square(grad_sentence).reshape(sentence.shape[0], -1), axis=1))
+    squared_norm = jnp.sum(jnp.square(grad_images).reshape(images.shape[0], -1), axis=1)
+    if include_text:
+        squared_norm = squared_norm + jnp.sum(jnp.square(grad_sentence).reshape(sentence.shape[0], -1), axis=1)
     half_power = power / 2.0
     if half_power >= 1.0 and float(half_power).is_integer():
         norm_pow = squared_norm ** int(half_power)

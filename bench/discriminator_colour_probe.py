@@ -51,10 +51,7 @@ def load_discriminator(workdir: Path):
         raise SystemExit(f"{workdir} holds a {config.system!r} run; this probe reads GAN discriminators")
     nodes = {"text_encoder": build_text_encoder(config, nnx.Rngs(0), jnp.float32),
              "discriminator": build_discriminator(config, nnx.Rngs(0))}
-    step = checkpointer.latest_intact_step(False)
-    restored = checkpointer.restore(nodes, step=step)
-    for name, node in nodes.items():
-        nnx.update(node, restored[name])
+    step = checkpointer.restore_latest_into(nodes)
     return config, nodes["text_encoder"], nodes["discriminator"], step
 
 
@@ -62,10 +59,10 @@ def probe(workdir: Path, split: str, seed: int) -> dict:
     """The three scores of every phrase-colour sprite of `split` and the shares above."""
     config, text_encoder, disc, step = load_discriminator(workdir)
     data = load_split(config, split)
-    keep = [i for i, image in enumerate(data.images) if main_colours(image, limit=1)[0] in PHRASE_COLOURS]
+    main = [main_colours(image, limit=1)[0] for image in data.images]
+    keep = [i for i, colour in enumerate(main) if colour in PHRASE_COLOURS]
     images = jnp.asarray(data.images[keep])
-    captions = [f"{COLOUR_PROMPT.format(main_colours(data.images[i], limit=1)[0])} {data.captions[i]}"
-                for i in keep]
+    captions = [f"{COLOUR_PROMPT.format(main[i])} {data.captions[i]}" for i in keep]
     ids, mask = tokenizer_from_config(config)(captions)
     _, sentence = text_encoder(jnp.asarray(ids), jnp.asarray(mask))
     turned, moved = hue_turned_negatives(images, jax.random.key(seed))
@@ -79,7 +76,7 @@ def probe(workdir: Path, split: str, seed: int) -> dict:
     # with the phrase naming the other one's (the caption after it is the same): does D prefer the right phrase?
     turned_colours = [main_colours(np.asarray(x), limit=1)[0] for x in turned]
     pairs = [i for i in range(len(keep)) if moved[i] and turned_colours[i] in PHRASE_COLOURS
-             and turned_colours[i] != main_colours(data.images[keep[i]], limit=1)[0]]
+             and turned_colours[i] != main[keep[i]]]
     turned_captions = [f"{COLOUR_PROMPT.format(turned_colours[i])} {data.captions[keep[i]]}" for i in range(len(keep))]
     ids, mask = tokenizer_from_config(config)(turned_captions)
     _, turned_sentence = text_encoder(jnp.asarray(ids), jnp.asarray(mask))

@@ -28,7 +28,7 @@ from flax import nnx
 
 from pikagen_jax.gan.state import GanState
 from pikagen_jax.losses.colour import colour_distribution_loss
-from pikagen_jax.losses.colour_mismatch import check_share, colour_mismatch_hinge, hue_turned_negatives
+from pikagen_jax.losses.colour_mismatch import check_share, hue_turned_negatives, with_colour_share
 from pikagen_jax.losses.diffaugment import diffaugment
 from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp_with_logits, mismatched_sentences
 from pikagen_jax.models.gan import Discriminator
@@ -80,9 +80,7 @@ def discriminator_loss(disc: Discriminator, images: jax.Array, fake: jax.Array, 
     parts = {**parts, **gp_parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
     if colour_negatives is None:
         return hinge + gp, parts
-    colour = colour_mismatch_hinge(turned_logits, colour_negatives[1])
-    return hinge + gp + 0.5 * colour_mismatch_weight * (colour - parts["d_mismatch"]), {
-        **parts, "d_colour_mismatch": colour, "colour_negatives": jnp.mean(colour_negatives[1])}
+    return with_colour_share(hinge + gp, parts, turned_logits, colour_negatives[1], colour_mismatch_weight)
 
 
 def projected_discriminator_loss(disc: ProjectedDiscriminator, images: jax.Array, fake: jax.Array,
@@ -105,9 +103,7 @@ def projected_discriminator_loss(disc: ProjectedDiscriminator, images: jax.Array
     parts = {**parts, "d_real_logit": jnp.mean(real), "d_fake_logit": jnp.mean(fake_logits)}
     if colour_negatives is None:
         return loss, parts
-    colour = colour_mismatch_hinge(turned_logits, colour_negatives[1])
-    return loss + 0.5 * colour_mismatch_weight * (colour - parts["d_mismatch"]), {
-        **parts, "d_colour_mismatch": colour, "colour_negatives": jnp.mean(colour_negatives[1])}
+    return with_colour_share(loss, parts, turned_logits, colour_negatives[1], colour_mismatch_weight)
 
 
 def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,

@@ -78,3 +78,12 @@ def colour_mismatch_hinge(logits: Array, mask: Array) -> Array:
     `logits` [B] or [B, patches] (a projected D's patch logits are averaged per example first)."""
     hinge = jax.nn.relu(1.0 + logits.astype(jnp.float32)).reshape(logits.shape[0], -1).mean(axis=1)
     return jnp.sum(hinge * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def with_colour_share(loss: Array, parts: dict[str, Array], turned_logits: Array, mask: Array,
+                      share: float) -> tuple[Array, dict[str, Array]]:
+    """D's `loss` and `parts` (from `losses.gan.d_hinge_loss`, with 'd_mismatch') after moving `share` of the
+    mismatched-text term's weight ½ to the hue-turned sprites' hinge; adds their parts to the log."""
+    colour = colour_mismatch_hinge(turned_logits, mask)
+    return loss + 0.5 * share * (colour - parts["d_mismatch"]), {
+        **parts, "d_colour_mismatch": colour, "colour_negatives": jnp.mean(mask)}

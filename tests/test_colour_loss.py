@@ -1,5 +1,6 @@
-"""The paired colour loss: exact sliced Wasserstein-1 on real sprites, blind to where colours are, gradients to the
-generated image only, and wired into the GAN's generator loss by `loss.colour_weight`."""
+"""The paired colour losses: exact sliced Wasserstein-1 on real sprites, blind to where colours are, gradients to the
+generated image only, and wired into the GAN's generator loss by `loss.colour_weight`; the mean-chroma loss
+(`loss.chroma_weight`): hand values, blind to greys, turning with the hue."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import pytest
 from flax import nnx
 from scipy.stats import wasserstein_distance
 
-from pikagen_jax.losses.colour import COLOUR_DIRECTIONS, colour_distribution_loss
+from pikagen_jax.losses.colour import (
+    CHROMA_PLANE,
+    COLOUR_DIRECTIONS,
+    colour_distribution_loss,
+    mean_chroma,
+    mean_chroma_loss,
+)
 from tests.conftest import KAGGLE
 
 
@@ -75,10 +82,11 @@ def test_gan_step_adds_the_weighted_colour_loss_to_the_generator_loss(small_data
     from pikagen_jax.gan.state import GanState
     from pikagen_jax.gan.steps import gan_step
 
-    def step_metrics(weight):
+    def step_metrics(colour_weight, chroma_weight):
         config = load_config("configs/gan.py:smoke", [f"data.data_dir={small_data['data_dir']}",
                                                       f"data.dataset={small_data['pokeapi']}",
-                                                      f"loss.colour_weight={weight}"])
+                                                      f"loss.colour_weight={colour_weight}",
+                                                      f"loss.chroma_weight={chroma_weight}"])
         state = GanState(config, rngs=nnx.Rngs(0))
         rng = np.random.default_rng(0)
         batch = {"image": rng.uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32),
@@ -86,8 +94,49 @@ def test_gan_step_adds_the_weighted_colour_loss_to_the_generator_loss(small_data
                  "attention_mask": np.ones((4, 16), np.int32)}
         return jax.tree.map(float, nnx.jit(lambda s, b: gan_step(s, b, 0, config))(state, batch))
 
-    off, on = step_metrics(0.0), step_metrics(2.5)
-    assert "g_colour" not in off and on["g_colour"] > 0
-    # same seed, same D update: the adversarial part is equal and the colour part is added with its weight
+    off, on = step_metrics(0.0, 0.0), step_metrics(2.5, 1.5)
+    assert "g_colour" not in off and "g_chroma" not in off and on["g_colour"] > 0 and on["g_chroma"] > 0
+    # same seed, same D update: the adversarial part is equal and the colour parts are added with their weights
     np.testing.assert_allclose(on["g_adv"], off["g_adv"], rtol=1e-5)
-    np.testing.assert_allclose(on["g_loss"], on["g_adv"] + 2.5 * on["g_colour"], rtol=1e-5)
+    np.testing.assert_allclose(on["g_loss"], on["g_adv"] + 2.5 * on["g_colour"] + 1.5 * on["g_chroma"], rtol=1e-5)
+
+
+def test_mean_chroma_equals_a_float64_hand_computation_and_ignores_greys_and_places():
+    sprites = _sprites()
+    expected = (sprites.reshape(len(sprites), -1, 3).astype(np.float64) @ CHROMA_PLANE.astype(np.float64)).mean(1)
+    # float32 products of values in [-1, 1] with unit directions, means of 1024 pixels: atol 1e-6
+    np.testing.assert_allclose(np.asarray(mean_chroma(jnp.asarray(sprites))), expected, atol=1e-6)
+    assert np.all(np.linalg.norm(expected, axis=1) > 0.02)  # coloured sprites have a hue
+    greys = np.random.default_rng(0).uniform(-1, 1, (3, 8, 8, 1)).repeat(3, axis=-1).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(mean_chroma(jnp.asarray(greys))), 0.0, atol=1e-6)
+    # a red square on 1/4 of a white image: mean chroma = 1/4 of (red - white) on the plane, pure red in [-1, 1]
+    image = np.ones((1, 8, 8, 3), np.float32)
+    image[0, :4, :4] = [1.0, -1.0, -1.0]
+    red = (np.array([1.0, -1.0, -1.0]) - 1.0) @ CHROMA_PLANE.astype(np.float64)
+    np.testing.assert_allclose(np.asarray(mean_chroma(jnp.asarray(image)))[0], red / 4, atol=1e-6)
+    moved = np.roll(image, 3, axis=(1, 2))
+    np.testing.assert_allclose(float(mean_chroma_loss(jnp.asarray(moved), jnp.asarray(image))[0]), 0.0, atol=1e-7)
+    loss, parts = mean_chroma_loss(jnp.asarray(sprites), jnp.asarray(np.roll(sprites, 1, axis=0)))
+    np.testing.assert_allclose(float(loss), np.abs(expected - np.roll(expected, 1, axis=0)).mean(), atol=1e-6)
+    assert float(parts["g_chroma"]) == float(loss)
+    with pytest.raises(ValueError, match="same shape"):
+        mean_chroma_loss(jnp.asarray(sprites[:, :16]), jnp.asarray(sprites))
+
+
+def test_mean_chroma_turns_with_the_hue_and_its_loss_pulls_a_sprite_to_anothers_hue():
+    from pikagen_jax.losses.colour_mismatch import turn_hue
+
+    # colours near mid-grey, so a turn about the grey axis never clips: the mean chroma vector turns with it
+    pale = (0.3 * _sprites((4,))).astype(np.float32)  # Charmander, faded
+    turned = turn_hue(jnp.asarray(pale), jnp.asarray([90.0]))
+    before, after = np.asarray(mean_chroma(jnp.asarray(pale)))[0], np.asarray(mean_chroma(turned))[0]
+    np.testing.assert_allclose(np.linalg.norm(after), np.linalg.norm(before), rtol=1e-4)
+    assert abs(np.dot(before, after)) < 1e-4 * np.dot(before, before)  # a quarter turn
+    target = jnp.asarray(_sprites((7,)))  # Squirtle's blue
+    start = jnp.asarray(_sprites((4,)))  # Charmander's orange
+    g_gen, g_real = jax.grad(lambda g, r: mean_chroma_loss(g, r)[0], argnums=(0, 1))(start, target)
+    assert float(jnp.abs(g_gen).sum()) > 0 and float(jnp.abs(g_real).sum()) == 0.0
+    image = start
+    for _ in range(100):  # plain gradient descent on the pixels
+        image = image - 10.0 * jax.grad(lambda x: mean_chroma_loss(x, target)[0])(image)
+    assert float(mean_chroma_loss(image, target)[0]) < 0.1 * float(mean_chroma_loss(start, target)[0])

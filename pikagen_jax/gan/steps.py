@@ -5,7 +5,8 @@
         [loss.colour_mismatch = w > 0: the mismatched-text term becomes (1 - w) hinge(real, mismatched text)
         + w hinge(hue-turned real, its own text) (`losses/colour_mismatch.py`)]
     G:  −D(G(z, s), s) [+ loss.colour_weight × the sliced-Wasserstein distance between the colours of G(z, s)
-        and of the real sprite of caption s (`losses/colour.py`)]; the partially fine-tuned text encoder is
+        and of the real sprite of caption s (`losses/colour.py`)] [+ loss.chroma_weight × the L1 distance
+        between their mean chroma vectors, the figures' overall hues]; the partially fine-tuned text encoder is
         trained through this loss (lr 2e-5)
 
 With `model.discriminator='projected'` D is a Projected GAN discriminator (`models/projected_discriminator.py`):
@@ -27,7 +28,7 @@ import optax
 from flax import nnx
 
 from pikagen_jax.gan.state import GanState
-from pikagen_jax.losses.colour import colour_distribution_loss
+from pikagen_jax.losses.colour import colour_distribution_loss, mean_chroma_loss
 from pikagen_jax.losses.colour_mismatch import check_share, hue_turned_negatives, with_colour_share
 from pikagen_jax.losses.diffaugment import diffaugment
 from pikagen_jax.losses.gan import d_hinge_loss, g_hinge_loss, ma_gp_with_logits, mismatched_sentences
@@ -150,6 +151,7 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     z = jax.random.normal(key_g, (batch_size, z_dim), jnp.float32)
 
     colour_weight = config.loss.get("colour_weight", 0.0)
+    chroma_weight = config.loss.get("chroma_weight", 0.0)
 
     def g_loss_fn(gen, text):
         tokens, sentence = encode(text)
@@ -160,6 +162,9 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
         if colour_weight > 0:  # the caption's own sprite's colours (before DiffAugment)
             colour, colour_parts = colour_distribution_loss(generated, images)
             loss, parts = loss + colour_weight * colour, {**parts, **colour_parts}
+        if chroma_weight > 0:  # the caption's own sprite's overall hue
+            chroma, chroma_parts = mean_chroma_loss(generated, images)
+            loss, parts = loss + chroma_weight * chroma, {**parts, **chroma_parts}
         return loss, parts
 
     grad_fn = nnx.value_and_grad(g_loss_fn, argnums=(0, nnx.DiffState(1, state.text_filter)), has_aux=True)

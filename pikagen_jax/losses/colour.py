@@ -41,3 +41,28 @@ def colour_distribution_loss(generated: Array, real: Array) -> tuple[Array, dict
 
     loss = jnp.mean(jnp.abs(sorted_projections(generated) - sorted_projections(jax.lax.stop_gradient(real))))
     return loss, {"g_colour": loss}
+
+
+# two orthonormal directions across RGB's grey axis: a pixel's coordinates on them are its chroma as a vector
+# (direction = hue, length = chroma); white, grey and black pixels, the background and outlines, sit at the origin
+CHROMA_PLANE = (np.array([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / np.sqrt([[2.0], [6.0]])).T.astype(np.float32)
+
+
+def mean_chroma(images: Array) -> Array:
+    """Each image's mean chroma vector [B, 2]: its pixels' colours ([B, H, W, 3], any offset, here [-1, 1])
+    projected on `CHROMA_PLANE` and averaged over all pixels. It is zero for an image in white, greys and black;
+    its direction is the hue the coloured pixels share, its length how much of the image has it and how
+    saturated: a multicoloured figure's hues cancel, a one-colour figure's add up."""
+    pixels = images.astype(jnp.float32).reshape(images.shape[0], -1, images.shape[-1])
+    return jnp.mean(pixels @ jnp.asarray(CHROMA_PLANE), axis=1)
+
+
+def mean_chroma_loss(generated: Array, real: Array) -> tuple[Array, dict[str, Array]]:
+    """Mean over the batch and the two chroma directions of |mean_chroma(generated) - mean_chroma(real)|
+    (gradients to `generated` only; float32). Unlike `colour_distribution_loss`, which matches every pixel's colour
+    (mostly white background), it asks only for the figure's overall hue: a caption naming red wants a figure whose
+    coloured pixels are mostly red, whatever its outlines and background."""
+    if generated.shape != real.shape:
+        raise ValueError(f"generated {generated.shape} and real {real.shape} images must have the same shape")
+    loss = jnp.mean(jnp.abs(mean_chroma(generated) - mean_chroma(jax.lax.stop_gradient(real))))
+    return loss, {"g_chroma": loss}

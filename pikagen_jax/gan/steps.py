@@ -150,8 +150,11 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
     d_graph, d_vars = nnx.split(state.discriminator)
     z = jax.random.normal(key_g, (batch_size, z_dim), jnp.float32)
 
-    colour_weight = config.loss.get("colour_weight", 0.0)
-    chroma_weight = config.loss.get("chroma_weight", 0.0)
+    # the paired colour losses against the caption's own sprite (before DiffAugment), those with a weight > 0
+    paired_colour_losses = [(weight, paired_loss) for weight, paired_loss in (
+        (config.loss.get("colour_weight", 0.0), colour_distribution_loss),  # every pixel's colour
+        (config.loss.get("chroma_weight", 0.0), mean_chroma_loss),  # the figure's overall hue
+    ) if weight > 0]
 
     def g_loss_fn(gen, text):
         tokens, sentence = encode(text)
@@ -159,12 +162,9 @@ def gan_step(state: GanState, batch: dict[str, jax.Array], step: jax.Array,
         fake = diffaugment(generated, key_aug_g, policy)
         disc = nnx.merge(d_graph, d_vars)
         loss, parts = g_hinge_loss(disc(fake, sentence, update_stats=False))
-        if colour_weight > 0:  # the caption's own sprite's colours (before DiffAugment)
-            colour, colour_parts = colour_distribution_loss(generated, images)
-            loss, parts = loss + colour_weight * colour, {**parts, **colour_parts}
-        if chroma_weight > 0:  # the caption's own sprite's overall hue
-            chroma, chroma_parts = mean_chroma_loss(generated, images)
-            loss, parts = loss + chroma_weight * chroma, {**parts, **chroma_parts}
+        for weight, paired_loss in paired_colour_losses:
+            value, value_parts = paired_loss(generated, images)
+            loss, parts = loss + weight * value, {**parts, **value_parts}
         return loss, parts
 
     grad_fn = nnx.value_and_grad(g_loss_fn, argnums=(0, nnx.DiffState(1, state.text_filter)), has_aux=True)

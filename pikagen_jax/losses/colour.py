@@ -25,14 +25,18 @@ _DIRECTIONS = np.concatenate([np.eye(3), np.array([[1, 1, 1], [1, -1, 1], [1, 1,
 COLOUR_DIRECTIONS = _DIRECTIONS.T.astype(np.float32)  # [3, 7]
 
 
+def _check_same_shape(generated: Array, real: Array) -> None:
+    if generated.shape != real.shape:
+        raise ValueError(f"generated {generated.shape} and real {real.shape} images must have the same shape")
+
+
 def colour_distribution_loss(generated: Array, real: Array) -> tuple[Array, dict[str, Array]]:
     """Mean over the batch and `COLOUR_DIRECTIONS` of the 1-D Wasserstein-1 distance between the projected pixel
     colours of `generated[i]` and `real[i]` (both [B, H, W, 3], same size, any range); float32.
 
     Each image's pixels are projected on each direction and sorted; the distance is the mean absolute difference
     of the sorted values (exact W1 between two empirical distributions with the same number of points)."""
-    if generated.shape != real.shape:
-        raise ValueError(f"generated {generated.shape} and real {real.shape} images must have the same shape")
+    _check_same_shape(generated, real)
     directions = jnp.asarray(COLOUR_DIRECTIONS)
 
     def sorted_projections(images):
@@ -62,7 +66,6 @@ def mean_chroma_loss(generated: Array, real: Array) -> tuple[Array, dict[str, Ar
     (gradients to `generated` only; float32). Unlike `colour_distribution_loss`, which matches every pixel's colour
     (mostly white background), it asks only for the figure's overall hue: a caption naming red wants a figure whose
     coloured pixels are mostly red, whatever its outlines and background."""
-    if generated.shape != real.shape:
-        raise ValueError(f"generated {generated.shape} and real {real.shape} images must have the same shape")
+    _check_same_shape(generated, real)
     loss = jnp.mean(jnp.abs(mean_chroma(generated) - mean_chroma(jax.lax.stop_gradient(real))))
     return loss, {"g_chroma": loss}
